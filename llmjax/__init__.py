@@ -1,0 +1,1 @@
+"""llmjax: scaling-law research in JAX/Flax NNX."""

@@ -1,0 +1,5 @@
+import sys
+
+from llmjax.cli import main
+
+sys.exit(main())

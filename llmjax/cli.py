@@ -1,0 +1,47 @@
+"""`llmjax` console entry point: dispatches `llmjax <command> ...` to a subcommand module.
+
+Each subcommand module exposes `main(argv: list[str]) -> int`. Modules are imported
+lazily so that `llmjax data ...` never pays for compiling models and vice versa.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from llmjax.errors import UserError
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("llmjax.data.cli", "prepare / sample / stats of datasets"),
+    "train": ("llmjax.train.cli", "train a model from a config"),
+    "info": ("llmjax.train.info", "parameter counts, FLOPs/token and compiled memory of a config"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: llmjax <command> [flags]", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}; choose from {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    try:
+        return int(module.main(rest) or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
