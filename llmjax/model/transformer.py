@@ -1,0 +1,412 @@
+"""A decoder-only transformer (GPT) in Flax NNX, readable top to bottom.
+
+    tokens [batch, seq]
+      -> token embedding (+ learned positions)                  x: [batch, seq, d_model]
+      -> n_layers x Block:  x = x + Attention(Norm(x))           (pre-norm, causal)
+                            x = x + MLP(Norm(x))                 (skipped for mlp='none')
+      -> final Norm -> unembedding (tied: embedding transposed)  logits: [batch, seq, vocab] float32
+
+Attention is softmax(Q Kᵀ · scale) V with a causal mask, scale = 1/sqrt(head_dim) in 'sp'
+(see config.attention_scale). The 'fused' path calls jax.nn.dot_product_attention (a fused kernel
+on GPU); `reference_attention` is the same math written out, used for tests and whenever attention
+weights are captured.
+
+dtype policy: parameters are stored in cfg.param_dtype, cast to cfg.compute_dtype where used;
+norms, softmax and logits are computed in float32.
+
+Parameters are plain nnx.Param arrays (no bias vectors except LayerNorm's) whose `out_sharding`
+metadata holds logical axis names; llmjax.sharding maps them to the mesh. With scan_layers the
+blocks are created once under nnx.vmap (every parameter gets a leading 'layers' axis) and run
+with nnx.scan, so compile time does not grow with depth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llmjax.model.config import ModelConfig, attention_scale, init_std, logit_multiplier
+from llmjax.sharding import constrain, state_shardings
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole block in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep weight matmuls
+}
+
+
+def _param(
+    key: jax.Array, shape: Sequence[int], std: float, axes: tuple[str | None, ...], dtype: Any
+) -> nnx.Param:
+    """A normal(0, std) parameter tagged with logical axis names (drawn in float32, then cast)."""
+    value = std * jax.random.normal(key, tuple(shape), dtype=jnp.float32)
+    # eager_sharding=False: the model builds without a mesh; llmjax.sharding places it later.
+    return nnx.Param(value.astype(dtype), out_sharding=axes, eager_sharding=False)
+
+
+# ---- building blocks ---------------------------------------------------------------------------
+
+
+class Norm(nnx.Module):
+    """RMSNorm (scale only) or LayerNorm (scale and bias), computed in float32. [..., d_model]."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.kind = cfg.norm
+        self.eps = cfg.norm_eps
+        dtype = cfg.param_jnp_dtype
+        self.scale = nnx.Param(
+            jnp.ones((cfg.d_model,), dtype), out_sharding=("norm",), eager_sharding=False
+        )
+        self.bias = (
+            nnx.Param(
+                jnp.zeros((cfg.d_model,), dtype), out_sharding=("norm",), eager_sharding=False
+            )
+            if cfg.norm == "layernorm"
+            else None
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = x.astype(jnp.float32)
+        if self.kind == "layernorm":
+            h = h - h.mean(axis=-1, keepdims=True)
+        h = h * jax.lax.rsqrt((h * h).mean(axis=-1, keepdims=True) + self.eps)
+        h = h * self.scale[...].astype(jnp.float32)
+        if self.bias is not None:
+            h = h + self.bias[...].astype(jnp.float32)
+        return h.astype(x.dtype)
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """(sin, cos), float32 [seq_len, head_dim // 2]: angle = position * theta^(-2i/head_dim)."""
+    inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    angles = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    return jnp.sin(angles), jnp.cos(angles)
+
+
+def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+    """Rotate pairs (x[i], x[i + head_dim/2]) by the position angle. x: [batch, seq, heads, dim]."""
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    sin, cos = sin[:, None, :], cos[:, None, :]  # broadcast over heads
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def reference_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, scale: float
+) -> tuple[jax.Array, jax.Array]:
+    """Causal softmax(Q Kᵀ · scale) V, written out.
+
+    q: [batch, seq, heads, head_dim]; k, v: [batch, seq, kv_heads, head_dim] (heads % kv_heads == 0;
+    query head h reads kv head h // (heads // kv_heads), as in jax.nn.dot_product_attention).
+    Returns (out [batch, seq, heads, head_dim] in q.dtype, probs float32 [batch, heads, q, k]).
+    """
+    group = q.shape[2] // k.shape[2]
+    k = jnp.repeat(k, group, axis=2)
+    v = jnp.repeat(v, group, axis=2)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    seq = q.shape[1]
+    causal = jnp.tril(jnp.ones((seq, seq), dtype=bool))
+    logits = jnp.where(causal, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+    return out, probs
+
+
+class Attention(nnx.Module):
+    """Causal multi-head / grouped-query self-attention. [batch, seq, d_model] -> same."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, h, kv, dh, dtype = (
+            cfg.d_model,
+            cfg.n_heads,
+            cfg.kv_heads,
+            cfg.head_dim,
+            cfg.param_jnp_dtype,
+        )
+        std_in, std_out = init_std(cfg, "in"), init_std(cfg, "out")
+        self.wq = _param(rngs.params(), (d, h, dh), std_in, ("embed", "heads", "head_dim"), dtype)
+        self.wk = _param(
+            rngs.params(), (d, kv, dh), std_in, ("embed", "kv_heads", "head_dim"), dtype
+        )
+        self.wv = _param(
+            rngs.params(), (d, kv, dh), std_in, ("embed", "kv_heads", "head_dim"), dtype
+        )
+        self.wo = _param(rngs.params(), (h, dh, d), std_out, ("heads", "head_dim", "embed"), dtype)
+        self.scale = attention_scale(cfg)
+        self.implementation = cfg.attention
+
+    def __call__(
+        self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None, *, capture: bool = False
+    ) -> jax.Array:
+        dtype = x.dtype
+        q = jnp.einsum("bsd,dhk->bshk", x, self.wq[...].astype(dtype))
+        k = jnp.einsum("bsd,dhk->bshk", x, self.wk[...].astype(dtype))
+        v = jnp.einsum("bsd,dhk->bshk", x, self.wv[...].astype(dtype))
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q = constrain(q, ("batch", "length", "heads", "head_dim"))
+        k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))
+        v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+        if capture or self.implementation == "reference":
+            out, probs = reference_attention(q, k, v, self.scale)
+            if capture:
+                self.sow(nnx.Intermediate, "attention_weights", probs)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, scale=self.scale, is_causal=True)
+        return jnp.einsum("bshk,hkd->bsd", out, self.wo[...].astype(dtype))
+
+
+class MLP(nnx.Module):
+    """GELU MLP (d -> d_ff -> d) or SwiGLU (silu(x W_gate) * x W_up) W_down. [batch, seq, d]."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, f, dtype = cfg.d_model, cfg.ff_dim, cfg.param_jnp_dtype
+        std_in, std_out = init_std(cfg, "in"), init_std(cfg, "out")
+        self.kind = cfg.mlp
+        if cfg.mlp == "swiglu":
+            self.w_gate = _param(rngs.params(), (d, f), std_in, ("embed", "mlp"), dtype)
+        self.w_up = _param(rngs.params(), (d, f), std_in, ("embed", "mlp"), dtype)
+        self.w_down = _param(rngs.params(), (f, d), std_out, ("mlp", "embed"), dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        up = jnp.einsum("bsd,df->bsf", x, self.w_up[...].astype(dtype))
+        if self.kind == "swiglu":
+            gate = jnp.einsum("bsd,df->bsf", x, self.w_gate[...].astype(dtype))
+            hidden = jax.nn.silu(gate) * up
+        else:
+            hidden = jax.nn.gelu(up, approximate=True)  # GPT-2's tanh approximation
+        hidden = constrain(hidden, ("batch", "length", "mlp"))
+        return jnp.einsum("bsf,fd->bsd", hidden, self.w_down[...].astype(dtype))
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block: x + drop(Attn(Norm(x))), then x + drop(MLP(Norm(x)))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.attn_norm = Norm(cfg)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp_norm = Norm(cfg) if cfg.mlp != "none" else None
+        self.mlp = MLP(cfg, rngs=rngs) if cfg.mlp != "none" else None
+        self.dropout = nnx.Dropout(cfg.dropout)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        rope: tuple[jax.Array, jax.Array] | None,
+        dropout_key: jax.Array | None,
+        *,
+        deterministic: bool,
+        capture: bool,
+    ) -> jax.Array:
+        keys = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+        y = self.attn(self.attn_norm(x), rope, capture=capture)
+        x = x + self.dropout(y, deterministic=deterministic, rngs=keys[0])
+        if self.mlp is not None:
+            y = self.mlp(self.mlp_norm(x))
+            x = x + self.dropout(y, deterministic=deterministic, rngs=keys[1])
+        return constrain(x, ("batch", "length", "act_embed"))
+
+
+# ---- the model ---------------------------------------------------------------------------------
+
+
+class Transformer(nnx.Module):
+    """Decoder-only transformer; `model(tokens) -> logits`. The module docstring shows the shape."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, dtype = cfg.d_model, cfg.param_jnp_dtype
+        self.embed = _param(
+            rngs.params(), (cfg.vocab_size, d), init_std(cfg, "embed"), ("vocab", "embed"), dtype
+        )
+        self.pos_embed = (
+            _param(
+                rngs.params(),
+                (cfg.max_seq_len, d),
+                init_std(cfg, "pos_embed"),
+                (None, "embed"),
+                dtype,
+            )
+            if cfg.positions == "learned"
+            else None
+        )
+        # One key per layer, drawn the same way for both layouts: same seed -> same parameters.
+        layer_keys = jax.random.split(rngs.params(), cfg.n_layers)
+        make_block = lambda key: Block(cfg, rngs=nnx.Rngs(params=key))
+        if cfg.scan_layers:
+            stacked = nnx.vmap(
+                make_block, in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"}
+            )
+            self.blocks = stacked(layer_keys)
+        else:
+            self.blocks = nnx.List([make_block(layer_keys[i]) for i in range(cfg.n_layers)])
+        self.final_norm = Norm(cfg)
+        self.unembed = (
+            None
+            if cfg.tie_embeddings
+            else _param(
+                rngs.params(),
+                (d, cfg.vocab_size),
+                init_std(cfg, "unembed"),
+                ("embed", "vocab"),
+                dtype,
+            )
+        )
+        self.embed_dropout = nnx.Dropout(cfg.dropout)
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        *,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | jax.Array | None = None,
+        capture_attention: bool = False,
+    ) -> jax.Array:
+        """tokens int32 [batch, seq] -> logits float32 [batch, seq, vocab].
+
+        deterministic=False applies dropout and needs `rngs` (an nnx.Rngs with a 'dropout' stream,
+        or a PRNG key). capture_attention=True runs the reference attention and sows float32 probs
+        [batch, heads, q, k] per layer as nnx.Intermediate 'attention_weights' (see
+        `attention_weights()` for the functional way to read them).
+        """
+        cfg = self.cfg
+        dtype = cfg.compute_jnp_dtype
+        seq = tokens.shape[1]
+        if seq > cfg.max_seq_len:
+            raise ValueError(f"sequence length {seq} exceeds model.max_seq_len={cfg.max_seq_len}")
+        use_dropout = not deterministic and cfg.dropout > 0
+        if use_dropout:
+            if rngs is None:
+                raise ValueError(
+                    "dropout needs rngs (nnx.Rngs or a PRNG key) when deterministic=False"
+                )
+            key = rngs.dropout() if isinstance(rngs, nnx.Rngs) else rngs
+            embed_key, blocks_key = jax.random.split(key)
+            layer_keys = jax.random.split(blocks_key, cfg.n_layers)
+        else:
+            embed_key, layer_keys = None, None
+
+        tokens = constrain(tokens, ("batch", "length"))
+        x = self.embed[...].astype(dtype)[tokens]
+        if self.pos_embed is not None:
+            x = x + self.pos_embed[:seq].astype(dtype)
+        x = self.embed_dropout(x, deterministic=not use_dropout, rngs=embed_key)
+        x = constrain(x, ("batch", "length", "act_embed"))
+        rope = rope_tables(seq, cfg.head_dim, cfg.rope_theta) if cfg.positions == "rope" else None
+
+        x = self._run_blocks(x, rope, layer_keys, not use_dropout, capture_attention)
+
+        x = self.final_norm(x)
+        w_out = self.embed[...].T if self.unembed is None else self.unembed[...]  # [d_model, vocab]
+        logits = jnp.einsum(
+            "bsd,dv->bsv", x, w_out.astype(dtype), preferred_element_type=jnp.float32
+        )
+        multiplier = logit_multiplier(cfg)
+        if multiplier != 1.0:
+            logits = logits * multiplier
+        return constrain(logits, ("batch", "length", "vocab"))
+
+    def _run_blocks(
+        self,
+        x: jax.Array,
+        rope: tuple[jax.Array, jax.Array] | None,
+        layer_keys: jax.Array | None,
+        deterministic: bool,
+        capture: bool,
+    ) -> jax.Array:
+        """Apply the n_layers blocks: a python loop (unrolled) or one nnx.scan (stacked params)."""
+        cfg = self.cfg
+
+        def layer(block: Block, x: jax.Array, key: jax.Array | None) -> jax.Array:
+            return block(x, rope, key, deterministic=deterministic, capture=capture)
+
+        if cfg.remat != "none" and not capture:
+            # Inside scan, CSE cannot merge the recomputation away, so prevent_cse is not needed.
+            layer = nnx.remat(
+                layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers
+            )
+
+        if cfg.scan_layers:
+            if layer_keys is None:
+                scan = nnx.scan(
+                    lambda x, block: layer(block, x, None),
+                    in_axes=(nnx.Carry, 0),
+                    out_axes=nnx.Carry,
+                )
+                return scan(x, self.blocks)
+            scan = nnx.scan(
+                lambda x, block, key: layer(block, x, key),
+                in_axes=(nnx.Carry, 0, 0),
+                out_axes=nnx.Carry,
+            )
+            return scan(x, self.blocks, layer_keys)
+        for i, block in enumerate(self.blocks):
+            x = layer(block, x, None if layer_keys is None else layer_keys[i])
+        return x
+
+
+# ---- helpers other code needs ------------------------------------------------------------------
+
+
+def attention_weights(model: Transformer, tokens: jax.Array) -> jax.Array:
+    """Attention probabilities float32 [n_layers, batch, heads, q, k] for `tokens` [batch, seq].
+
+    Runs the model once with capture on (reference attention, deterministic) through nnx.capture,
+    so nothing is left on the model; works for both layer layouts.
+    """
+    _, captured = nnx.capture(model, nnx.Intermediate)(tokens, capture_attention=True)
+    found = []
+    for path, var in nnx.to_flat_state(captured):
+        if path and path[-1] == "attention_weights":
+            value = var.get_value() if isinstance(var, nnx.Variable) else var
+            found.append((path, value[0] if isinstance(value, tuple) else value))
+    if model.cfg.scan_layers:
+        ((_, probs),) = found  # one sown entry, already stacked along the leading layer axis
+        return probs
+    found.sort(
+        key=lambda item: int(item[0][1])
+    )  # path = ('blocks', i, 'attn', 'attention_weights')
+    return jnp.stack([probs for _, probs in found])
+
+
+def convert_layout(model: Transformer, scan_layers: bool) -> Transformer:
+    """The same parameters in the other layer layout (stacked for scan <-> a list of blocks).
+
+    Used to check scanned == unrolled, and to load a checkpoint written in the other layout.
+    """
+    src_cfg = model.cfg
+    dst_cfg = dataclasses.replace(src_cfg, scan_layers=scan_layers)
+    abstract = nnx.eval_shape(lambda: Transformer(dst_cfg, rngs=nnx.Rngs(0)))
+    graphdef, dst_state = nnx.split(abstract)
+    src = dict(nnx.to_flat_state(nnx.state(model)))
+
+    def value_for(path: tuple) -> jax.Array:
+        if path[0] != "blocks" or src_cfg.scan_layers == scan_layers:
+            return src[path].get_value()
+        if scan_layers:  # ('blocks', *rest) <- stack of ('blocks', i, *rest)
+            return jnp.stack(
+                [src[("blocks", i, *path[1:])].get_value() for i in range(src_cfg.n_layers)]
+            )
+        return src[("blocks", *path[2:])].get_value()[int(path[1])]  # ('blocks', i, *rest)
+
+    flat = [(path, var.replace(value_for(path))) for path, var in nnx.to_flat_state(dst_state)]
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def init_model(cfg: ModelConfig, seed: int, mesh: jax.sharding.Mesh | None = None) -> Transformer:
+    """Create the model; with a mesh, parameters are born sharded by LOGICAL_AXIS_RULES.
+
+    Same seed -> same parameter values with or without a mesh.
+    """
+    make = lambda: Transformer(cfg, rngs=nnx.Rngs(seed))
+    if mesh is None:
+        return make()
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(make))
+    shardings = state_shardings(mesh, abstract_state)
+    state = jax.jit(lambda: nnx.state(make()), out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
