@@ -279,6 +279,12 @@ def test_seed_and_version_change_the_documents():
     assert S.build_world(small()).facts != S.build_world(small(seed=1)).facts
 
 
+def test_more_documents_only_append():
+    short = list(S.generate_documents(small(num_train_docs=1100), "train"))
+    long = list(S.generate_documents(small(num_train_docs=2100), "train"))
+    assert long[:1024] == short[:1024] and long[1024:1100] != short[1024:]
+
+
 def test_train_and_validation_differ_but_share_the_world(cfg, world, train, validation):
     assert len(train) == cfg.num_train_docs and len(validation) == cfg.num_validation_docs
     train_texts = {r.text for r in train}

@@ -303,7 +303,7 @@ def _zipf_cdf(n: int, exponent: float) -> list[float]:
     return cdf.tolist()
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class World:
     """The fixed part of the language, shared by every split and by probes. Treat as read-only.
 
@@ -788,20 +788,23 @@ def family_counts(weights: Sequence[float], n: int) -> list[int]:
 def generate_records(config: SyntheticConfig, split: str) -> Iterator[Record]:
     """Every document of `split` with its family (and Episode); a pure function of (config, split).
 
-    Families get exact shares of the split (`family_counts`) in a seeded random order; documents
-    are drawn in chunks of 1024, each from its own seed, so memory stays bounded.
+    Documents come in chunks of 1024, each from its own seed, with exact family shares per chunk
+    (`family_counts`) in a seeded random order. So memory stays bounded, and the split is
+    prefix-stable: a larger num_*_docs only appends documents (the last partial chunk aside).
     """
     if split not in SPLITS:
         raise UserError(f"unknown synthetic split {split!r}; choose from {', '.join(SPLITS)}")
     n = config.num_train_docs if split == "train" else config.num_validation_docs
     world = build_world(config)
-    counts = family_counts(list(config.family_weights().values()), n)
-    order = np.repeat(np.arange(len(FAMILIES)), counts)
-    _rng("data", config.version, int(config.seed), split, "order").shuffle(order)
+    weights = list(config.family_weights().values())
     kind_cdf = _kind_cdf(config)
     for chunk, start in enumerate(range(0, n, _CHUNK_DOCS)):
-        r = _Rand(_rng("data", config.version, int(config.seed), split, chunk), 16384)
-        for f in order[start:start + _CHUNK_DOCS].tolist():
+        rng = _rng("data", config.version, int(config.seed), split, chunk)
+        order = np.repeat(np.arange(len(FAMILIES)), family_counts(weights, min(_CHUNK_DOCS,
+                                                                             n - start)))
+        rng.shuffle(order)
+        r = _Rand(rng, 16384)
+        for f in order.tolist():
             yield _record(FAMILIES[f], r, world, kind_cdf)
 
 
