@@ -336,12 +336,13 @@ class World:
     entity_cdf: list[float] = dataclasses.field(repr=False)
 
 
-
 def noun_form(stem: str, plural: bool) -> str:
+    """Surface form of a noun stem: plural adds "s"."""
     return stem + "s" if plural else stem
 
 
 def verb_form(stem: str, plural: bool) -> str:
+    """Surface form of a verb stem agreeing with a subject: singular adds "s"."""
     return stem if plural else stem + "s"
 
 
@@ -406,7 +407,7 @@ def build_world(config: SyntheticConfig) -> World:
 
 # Placeholder tokens joined with spaces, then glued onto their neighbours.
 _OPEN_PAREN, _CLOSE_PAREN = "(", ")"
-_QUOTES = (("\x01", "\x02", '"'), ("\x03", "\x04", "'"))  # (open, close, rendered) by depth parity
+_QUOTES = (("\x01", "\x02"), ("\x03", "\x04"))  # (open, close) of '"' / "'" by depth parity
 _GLUE = (("( ", "("), (" )", ")"), (" .", "."), ("\x01 ", '"'), (" \x02", '"'),
          ("\x03 ", "'"), (" \x04", "'"))
 
@@ -453,7 +454,7 @@ def _prose(r: _Rand, w: World) -> str:
         if depth < max_depth and u() < nest_p:
             stem = r.pick(w.speech_verbs)
             emit(stem if plural else stem + "s")
-            open_, close, _ = _QUOTES[depth % 2]
+            open_, close = _QUOTES[depth % 2]
             emit(open_)
             sentence(depth + 1)
             emit(close)
@@ -662,7 +663,9 @@ def sample_episode(kind: str, rng: np.random.Generator, world: World, num_exampl
     """One episode of `kind` with `num_examples` (query, answer) pairs.
 
     heldout=True (for probes) draws hard rules only from the half never used in training;
-    training documents use heldout=False. easy=True gives the curriculum's easy variant.
+    training documents use heldout=False. easy=True gives the curriculum's easy variant, whose
+    rules (2 keys, digits in natural order) come from tiny spaces shared with training, as do
+    copy / reverse, which have no rule parameters. World knobs come from `world.config`.
     """
     if kind not in EPISODE_KINDS:
         raise UserError(f"unknown episode kind {kind!r}; choose from {', '.join(EPISODE_KINDS)}")
