@@ -1,0 +1,535 @@
+"""The training loop: build everything from a config, resume if possible, train, evaluate, save.
+
+`train(config, workdir)` is the one entry point (the CLI and the sweep runner both call it).
+Host work per step is: fetch a numpy batch, place it on the mesh, dispatch the compiled step.
+The host never waits for a step except at log/eval/checkpoint steps; the NaN/Inf flag of step s
+is fetched after step s+1 has been dispatched (so the device is never idle waiting for the host),
+and at every step that logs, evaluates or saves. A non-finite step therefore stops the run at
+most one step later, naming the step, and is never checkpointed.
+
+Outputs in `workdir`: config.json, metadata.json, metrics.jsonl (see metrics.py), tokenizer/,
+checkpoints/<step>/, tensorboard/ (when tensorboardX is installed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from importlib import metadata as importlib_metadata
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from ml_collections import ConfigDict
+
+from llmjax import config as config_lib
+from llmjax.errors import UserError
+from llmjax.train import mfu as mfu_lib
+from llmjax.train.checkpoint import Checkpointer, log_spaced_steps
+from llmjax.train.metrics import MetricsWriter, Progress, format_eval, format_train
+from llmjax.train.optimizer import make_optimizer
+from llmjax.train.step import TrainState, make_eval_step, make_train_step, summarize_eval
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy",
+            "ml-collections", "tensorflow-datasets", "tokenizers")
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss or gradients became NaN/Inf (on_nan='stop'). The message is one line."""
+
+    exit_code = 1
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a finished (or preempted) run returns; the full record is in `workdir`."""
+
+    workdir: str
+    step: int  # optimizer steps done
+    total_steps: int
+    preempted: bool  # stopped by SIGTERM/SIGINT after saving a checkpoint
+    resumed_from: int | None  # checkpoint step the run started from, None = fresh
+    last_train: dict[str, Any] | None  # last train record written to metrics.jsonl
+    last_eval: dict[str, Any] | None
+    state: TrainState | None = None  # final TrainState (device arrays), for in-process callers
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+_CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS",
+                "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def distributed_requested(setting: Any) -> bool:
+    """config.distributed: true/false, or 'auto' = a multi-process cluster environment is set."""
+    value = str(setting).strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    if os.environ.get("SLURM_NTASKS") is not None:
+        return int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    if os.environ.get("OMPI_COMM_WORLD_SIZE") is not None:
+        return int(os.environ["OMPI_COMM_WORLD_SIZE"]) > 1
+    return any(os.environ.get(k) for k in _CLUSTER_ENV[2:])
+
+
+def initialize_distributed(config: ConfigDict) -> None:
+    """jax.distributed.initialize() (cluster auto-detected) when the config or environment asks.
+
+    Must run before anything touches jax devices; a second call is a no-op.
+    """
+    if not distributed_requested(config.get("distributed", "auto")):
+        return
+    from jax._src import distributed as _dist  # is_initialized is not public API
+
+    if getattr(_dist.global_state, "client", None) is not None:
+        return
+    kwargs = {}
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        kwargs = {"coordinator_address": os.environ["JAX_COORDINATOR_ADDRESS"],
+                  "num_processes": int(os.environ["JAX_NUM_PROCESSES"]),
+                  "process_id": int(os.environ["JAX_PROCESS_ID"])}
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UserError(f"distributed={config.distributed!r}: jax.distributed.initialize failed: "
+                        f"{' '.join(str(e).split())[:300]}") from None
+
+
+def _git_sha() -> dict[str, Any]:
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
+        return {"git_sha": sha or None, "git_dirty": dirty if sha else None}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_sha": None, "git_dirty": None}
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def run_metadata(argv: list[str] | None = None) -> dict[str, Any]:
+    """Git SHA, package versions, devices, host and start time of this run."""
+    devices = jax.devices()
+    return {
+        **_git_sha(),
+        "packages": _versions(),
+        "devices": {"platform": devices[0].platform, "kind": devices[0].device_kind,
+                    "count": len(devices), "local_count": jax.local_device_count(),
+                    "process_count": jax.process_count()},
+        "hostname": socket.gethostname(),
+        "start_time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "argv": list(sys.argv if argv is None else argv),
+    }
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _write_run_files(workdir: str, config: ConfigDict, resume_step: int | None,
+                     tokenizer: Any, argv: list[str] | None) -> None:
+    """config.json, metadata.json (a resume appends to `resumes`), tokenizer/."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json.tmp"), "w") as f:
+        f.write(config_lib.to_json(config) + "\n")
+    os.replace(os.path.join(workdir, "config.json.tmp"), os.path.join(workdir, "config.json"))
+    meta_path = os.path.join(workdir, "metadata.json")
+    meta = run_metadata(argv)
+    if os.path.exists(meta_path):
+        try:
+            with open(meta_path) as f:
+                first = json.load(f)
+        except (OSError, ValueError):
+            first = None
+        if isinstance(first, dict):
+            resumes = first.get("resumes", [])
+            resumes.append({"time": meta["start_time"], "step": resume_step or 0,
+                            "git_sha": meta["git_sha"]})
+            first["resumes"] = resumes
+            meta = first
+    _write_json(meta_path, meta)
+    tokenizer.save(os.path.join(workdir, "tokenizer"))
+
+
+# --------------------------------------------------------------------------- building
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything compiled/constructed for a run (shared by `train` and `llmjax info`)."""
+
+    model_cfg: Any
+    tokenizer: Any
+    data_cfg: Any
+    mesh: jax.sharding.Mesh
+    graphdef: Any
+    tx: Any
+    schedule: Any
+    abstract_state: TrainState  # ShapeDtypeStructs with shardings
+    state_shardings: TrainState
+    batch_sharding: jax.sharding.NamedSharding
+    replicated: jax.sharding.NamedSharding
+    train_step: Any  # jitted (not yet compiled)
+    eval_step: Any  # jitted
+    steps: int
+    init_fn: Any  # () -> TrainState, sharded
+
+
+def model_config_for(config: ConfigDict, vocab_size: int) -> Any:
+    """ModelConfig from config.model, vocab_size 0/None replaced by the tokenizer's."""
+    from llmjax.model import ModelConfig
+
+    d = config.model.to_dict()
+    if not d.get("vocab_size"):
+        d["vocab_size"] = vocab_size
+    elif d["vocab_size"] < vocab_size:
+        raise UserError(f"model.vocab_size={d['vocab_size']} is smaller than the tokenizer's "
+                        f"vocabulary ({vocab_size}); allowed: >= {vocab_size}, or 0 = take it "
+                        "from the tokenizer")
+    return ModelConfig.from_dict(d)
+
+
+def data_config_for(config: ConfigDict, process_count: int = 1) -> Any:
+    """The pipeline's DataConfig from config.data (UserError naming a bad data field)."""
+    from llmjax.data.pipeline import DataConfig
+
+    return DataConfig.from_config(config.data, process_count=process_count)
+
+
+def get_tokenizer_for(config: ConfigDict) -> Any:
+    """The run's tokenizer; prepares the dataset first when needed (BPE trains on it)."""
+    from llmjax.data.pipeline import get_data_tokenizer
+
+    return get_data_tokenizer(data_config_for(config))
+
+
+def build(config: ConfigDict, tokenizer: Any, mesh: jax.sharding.Mesh | None = None) -> Setup:
+    """Model graph, shardings, optimizer and the jitted step functions; allocates nothing big."""
+    from llmjax.model import Transformer
+    from llmjax.sharding import logical_to_spec, make_mesh, state_shardings
+
+    model_cfg = model_config_for(config, tokenizer.vocab_size)
+    data_cfg = data_config_for(config, jax.process_count())
+    if mesh is None:
+        mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    steps = config_lib.total_steps(config)
+    seed = int(config.seed)
+
+    make_model = lambda: Transformer(model_cfg, rngs=nnx.Rngs(seed))
+    graphdef, abstract_params, rest = nnx.split(nnx.eval_shape(make_model), nnx.Param, ...)
+    if jax.tree.leaves(rest):
+        raise NotImplementedError("the model has non-Param state; the train step only carries "
+                                  "parameters")
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    param_sh = state_shardings(mesh, abstract_params).to_pure_dict()
+    tx, schedule = make_optimizer(config.optimizer, steps)
+    abstract_pure = abstract_params.to_pure_dict()
+    abstract_opt = jax.eval_shape(tx.init, abstract_pure)
+    import optax
+
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
+                                   transform_non_params=lambda _: replicated)
+    shardings = TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
+    abstract_state = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32),
+        params=abstract_pure,
+        opt_state=abstract_opt,
+        rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+    )
+    abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+
+    def init() -> TrainState:
+        _, params, _ = nnx.split(make_model(), nnx.Param, ...)
+        params = params.to_pure_dict()
+        # Dropout key: a stream separate from parameter init (nnx.Rngs(seed) uses key(seed)).
+        rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(params), rng=rng)
+
+    init_fn = jax.jit(init, out_shardings=shardings)
+    batch_sharding = jax.sharding.NamedSharding(mesh, logical_to_spec(("batch", "length")))
+    step_fn = make_train_step(graphdef, tx, schedule, microbatches=int(config.microbatches),
+                              z_loss=float(config.z_loss), dropout=model_cfg.dropout > 0,
+                              skip_nonfinite=config.on_nan == "skip")
+    train_step = jax.jit(step_fn, in_shardings=(shardings, batch_sharding),
+                         out_shardings=(shardings, replicated), donate_argnums=0)
+    token_bytes = jnp.asarray(np.asarray(tokenizer.token_byte_lengths(), np.int32))
+    eval_fn = make_eval_step(graphdef, token_bytes)
+    eval_step = jax.jit(eval_fn, in_shardings=(param_sh, batch_sharding), out_shardings=replicated)
+    return Setup(model_cfg=model_cfg, tokenizer=tokenizer, data_cfg=data_cfg, mesh=mesh,
+                 graphdef=graphdef, tx=tx, schedule=schedule, abstract_state=abstract_state,
+                 state_shardings=shardings, batch_sharding=batch_sharding, replicated=replicated,
+                 train_step=train_step, eval_step=eval_step, steps=steps, init_fn=init_fn)
+
+
+def abstract_batch(config: ConfigDict, sharding: Any) -> dict[str, jax.ShapeDtypeStruct]:
+    shape = (config.data.batch_size, config.data.seq_len)
+    return {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
+            "targets": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
+            "loss_mask": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding)}
+
+
+def compile_train_step(setup: Setup, config: ConfigDict) -> Any:
+    """Ahead-of-time lower().compile() of the train step (the mesh active so constraints apply)."""
+    with jax.set_mesh(setup.mesh):
+        lowered = setup.train_step.lower(setup.abstract_state,
+                                         abstract_batch(config, setup.batch_sharding))
+        return lowered.compile()
+
+
+def _global_batch(batch: dict[str, np.ndarray], sharding: Any, global_batch: int
+                  ) -> dict[str, jax.Array]:
+    """Process-local numpy rows -> global jax Arrays on the mesh (each process feeds its shard)."""
+    out = {}
+    for key in ("inputs", "targets", "loss_mask"):
+        local = np.asarray(batch[key])
+        shape = (global_batch, *local.shape[1:])
+        out[key] = jax.make_array_from_process_local_data(sharding, local, shape)
+    return out
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT set a flag the loop checks between steps (checkpoint, then exit 0)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, no checkpoint
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _clean_incomplete_checkpoints(ckpt_dir: str, complete: list[int]) -> None:
+    """Removes step directories that never finished (would collide with a re-save of that step)."""
+    import shutil
+
+    if not os.path.isdir(ckpt_dir):
+        return
+    for name in os.listdir(ckpt_dir):
+        if name.isdigit() and int(name) not in complete:
+            shutil.rmtree(os.path.join(ckpt_dir, name), ignore_errors=True)
+
+
+def train(config: ConfigDict, workdir: str, *, argv: list[str] | None = None,
+          return_state: bool = False, progress: bool = True) -> TrainResult:
+    """Trains `config` in `workdir`, resuming from its latest complete checkpoint if any.
+
+    Raises UserError for a bad config (before writing anything), TrainingDiverged on NaN/Inf
+    with on_nan='stop'. SIGTERM/SIGINT: saves a checkpoint and returns with preempted=True.
+    """
+    from llmjax.data.pipeline import make_eval_batches, make_train_iterator
+    from llmjax.model.flops import flops_per_token
+
+    initialize_distributed(config)
+    n_proc, proc = jax.process_count(), jax.process_index()
+    config_lib.validate(config, jax.device_count(), n_proc)
+    primary = proc == 0
+    tokenizer = get_tokenizer_for(config)
+    setup = build(config, tokenizer)  # may raise UserError (model fields): still nothing written
+    steps, batch_size, seq_len = setup.steps, config.data.batch_size, config.data.seq_len
+    workdir = os.path.abspath(workdir)
+
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    keep_steps = log_spaced_steps(steps) if config.log_spaced_checkpoints else []
+    if primary and os.path.isdir(ckpt_dir):
+        probe = Checkpointer(workdir, keep_last=config.keep_checkpoints)
+        complete = probe.complete_steps()
+        probe.close()
+        _clean_incomplete_checkpoints(ckpt_dir, complete)
+    ckpt = Checkpointer(workdir, keep_last=config.keep_checkpoints, keep_every=config.keep_every,
+                        keep_steps=keep_steps)
+    resume_step = ckpt.latest_step()
+
+    train_iter = make_train_iterator(setup.data_cfg, tokenizer, process_index=proc,
+                                     process_count=n_proc)
+    if resume_step is not None:
+        restored, data_state, _ = ckpt.restore(resume_step, setup.abstract_state.as_dict())
+        state = TrainState.from_dict(restored)
+        train_iter.set_state(data_state)
+    else:
+        state = setup.init_fn()
+    start_step = resume_step or 0
+
+    if primary:
+        _write_run_files(workdir, config, resume_step, tokenizer, argv)
+    writer = MetricsWriter(workdir, resume_step=start_step, tensorboard=bool(config.tensorboard),
+                           enabled=primary)
+    bar = Progress(steps, start_step, enabled=primary and progress)
+    if resume_step is not None:
+        bar.log(f"resumed from checkpoint at step {resume_step}")
+
+    compiled = compile_train_step(setup, config)
+    eval_batches = []
+    if config.eval_every > 0:
+        eval_batches = [_global_batch(b, setup.batch_sharding, batch_size)
+                        for b in make_eval_batches(setup.data_cfg, tokenizer, config.eval_batches,
+                                                   process_index=proc, process_count=n_proc)]
+    flops_tok = flops_per_token(setup.model_cfg, seq_len).training
+    peak = mfu_lib.device_peak()
+    tokens_per_step = batch_size * seq_len
+
+    def evaluate(params: Any) -> dict[str, float]:
+        sums = None
+        with jax.set_mesh(setup.mesh):
+            for b in eval_batches:
+                out = setup.eval_step(params, b)
+                sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+        host = {k: float(v) for k, v in jax.device_get(sums).items()}
+        return summarize_eval(host)
+
+    last_saved = resume_step
+    last_train: dict[str, Any] | None = None
+    last_eval: dict[str, Any] | None = None
+
+    def save(step: int) -> None:
+        nonlocal last_saved
+        if last_saved == step:
+            return
+        ckpt.save(step, state.as_dict(), train_iter.get_state(),
+                  {"step": step, "tokens": step * tokens_per_step})
+        last_saved = step
+
+    def check(step: int, metrics: dict[str, jax.Array]) -> None:
+        """Host-side NaN/Inf check of one step's metrics (blocks until that step is done)."""
+        if bool(metrics["finite"]):
+            return
+        loss, gnorm = float(metrics["loss"]), float(metrics["grad_norm"])
+        if config.on_nan == "skip":
+            writer.write({"kind": "skip", "step": step, "loss": loss, "grad_norm": gnorm})
+            bar.log(f"step {step}: non-finite loss {loss} / grad_norm {gnorm}; update skipped")
+            return
+        ckpt.wait()
+        good = ckpt.latest_step()
+        where = (f"last good checkpoint: step {good} in {ckpt.directory}" if good is not None
+                 else "no checkpoint was saved")
+        raise TrainingDiverged(f"non-finite loss or gradient at step {step} (loss={loss}, "
+                               f"grad_norm={gnorm}); stopped, {where}")
+
+    step = start_step
+    pending: tuple[int, dict[str, jax.Array]] | None = None
+    t_last, step_last = time.perf_counter(), step
+    try:
+        with _StopFlag() as stop:
+            if config.log_spaced_checkpoints and step == 0 and 0 in keep_steps:
+                save(0)
+            while step < steps:
+                if _should_stop(stop, n_proc, step, config.log_every):
+                    break
+                batch = _global_batch(next(train_iter), setup.batch_sharding, batch_size)
+                state, metrics = compiled(state, batch)
+                step += 1
+                if pending is not None:
+                    check(*pending)  # the previous step; this one is already queued
+                pending = (step, metrics)
+                last = step == steps
+                log_now = step % config.log_every == 0 or last
+                eval_now = bool(eval_batches) and (step % config.eval_every == 0 or last)
+                save_now = (last or (config.checkpoint_every > 0
+                                     and step % config.checkpoint_every == 0)
+                            or step in keep_steps)
+                if not (log_now or eval_now or save_now):
+                    continue
+                check(*pending)
+                pending = None
+                if log_now:
+                    m = jax.device_get(metrics)
+                    now = time.perf_counter()
+                    tok_s = (step - step_last) * tokens_per_step / max(now - t_last, 1e-9)
+                    flops_s, util = mfu_lib.mfu(flops_tok, tok_s, peak)
+                    last_train = {"kind": "train", "step": step, "loss": float(m["loss"]),
+                                  "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"]),
+                                  "tokens": step * tokens_per_step, "tokens_per_s": tok_s,
+                                  "flops_per_s": flops_s, "mfu": util, "time": time.time()}
+                    if config.z_loss > 0:
+                        last_train["z_loss"] = float(m["z_loss"])
+                    writer.write(last_train)
+                    bar.log(format_train(last_train, steps, bar.eta(step), peak.label))
+                    bar.update(step, last_train)
+                if eval_now:
+                    last_eval = {"kind": "eval", "step": step, **evaluate(state.params),
+                                 "tokens": step * tokens_per_step}
+                    writer.write(last_eval)
+                    bar.log(format_eval(last_eval))
+                if save_now:
+                    save(step)
+                t_last, step_last = time.perf_counter(), step
+            if pending is not None:
+                check(*pending)
+            preempted = step < steps
+            if preempted:
+                save(step)
+                bar.log(f"received signal {stop.signum}: saved checkpoint at step {step}, exiting")
+    finally:
+        bar.close()
+        ckpt.close()  # waits for async saves
+        writer.close()
+    return TrainResult(workdir=workdir, step=step, total_steps=steps, preempted=preempted,
+                       resumed_from=resume_step, last_train=last_train, last_eval=last_eval,
+                       state=state if return_state else None)
+
+
+def _should_stop(stop: _StopFlag, n_proc: int, step: int, log_every: int) -> bool:
+    """Single process: stop as soon as a signal arrived. Several processes must stop (and save)
+    at the same step, so they compare flags at log steps with one tiny all-gather."""
+    if n_proc == 1:
+        return stop.signum is not None
+    if step % log_every:
+        return False
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.int32(stop.signum is not None))
+    return bool(np.max(flags))
+
+
+def read_config_json(workdir: str) -> dict[str, Any]:
+    """The config a run was started with (config.json) as a dict."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        return json.load(f)
+
+
+__all__ = ["TrainResult", "TrainingDiverged", "build", "compile_train_step", "train",
+           "initialize_distributed", "model_config_for", "data_config_for"]

@@ -1,0 +1,92 @@
+"""AdamW: warmup + cosine/linear/constant decay, global-norm clipping, a weight-decay mask."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# Path components that mark an embedding table (token / position embeddings, untied unembedding).
+EMBEDDING_NAMES = ("embed", "wte", "wpe", "lm_head", "unembed", "embedding")
+
+
+def learning_rate_schedule(opt: Mapping[str, Any], total_steps: int) -> optax.Schedule:
+    """lr(step) for optimizer step `step` (0-based count of updates already applied).
+
+    Linear warmup to `lr` over `warmup_steps` (first update uses lr/warmup_steps, never 0), then
+    `schedule` decays from `lr` to `lr*min_lr_ratio` at `total_steps`: 'cosine' (half cosine),
+    'linear', or 'constant' (stays at `lr`).
+    """
+    peak = float(opt["lr"])
+    warmup = int(opt["warmup_steps"])
+    final = peak * float(opt["min_lr_ratio"])
+    kind = opt["schedule"]
+    decay_len = max(total_steps - warmup, 1)
+
+    def schedule(step: jax.Array) -> jax.Array:
+        step = jnp.asarray(step, jnp.float32)
+        warm = peak * jnp.minimum(1.0, (step + 1.0) / max(warmup, 1))
+        progress = jnp.clip((step - warmup) / decay_len, 0.0, 1.0)
+        if kind == "cosine":
+            decayed = final + (peak - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+        elif kind == "linear":
+            decayed = peak + (final - peak) * progress
+        elif kind == "constant":
+            decayed = jnp.asarray(peak, jnp.float32)
+        else:
+            raise ValueError(f"optimizer.schedule={kind!r}: allowed 'cosine', 'linear', 'constant'")
+        return jnp.where(step < warmup, warm, decayed)
+
+    return schedule
+
+
+def _path_names(path: tuple) -> list[str]:
+    names = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                names.append(str(getattr(k, attr)))
+                break
+    return names
+
+
+def is_embedding(path: tuple) -> bool:
+    """True for an embedding/unembedding table, judged by its parameter path names."""
+    return any(any(e in name.lower() for e in EMBEDDING_NAMES) for name in _path_names(path))
+
+
+def weight_decay_mask(params: Any, decay_embeddings: bool = False) -> Any:
+    """Pytree of bools like `params`: decay matrices only (ndim >= 2), never norms or biases;
+    embeddings only when `decay_embeddings`."""
+
+    def decide(path: tuple, leaf: Any) -> bool:
+        if jnp.ndim(leaf) < 2:
+            return False
+        return decay_embeddings or not is_embedding(path)
+
+    return jax.tree_util.tree_map_with_path(decide, params)
+
+
+def make_optimizer(opt: Mapping[str, Any], total_steps: int
+                   ) -> tuple[optax.GradientTransformation, Callable[[jax.Array], jax.Array]]:
+    """(optax AdamW chain, lr schedule) from the `optimizer` config section.
+
+    Chain: clip_by_global_norm(grad_clip) (if > 0) -> adam moments -> decoupled weight decay on
+    `weight_decay_mask` -> scale by -lr(step).
+    """
+    schedule = learning_rate_schedule(opt, total_steps)
+    parts = []
+    if float(opt["grad_clip"]) > 0:
+        parts.append(optax.clip_by_global_norm(float(opt["grad_clip"])))
+    parts.append(optax.scale_by_adam(b1=float(opt["b1"]), b2=float(opt["b2"]),
+                                     eps=float(opt["eps"])))
+    if float(opt["weight_decay"]) > 0:
+        decay_embeddings = bool(opt["decay_embeddings"])
+        parts.append(optax.add_decayed_weights(
+            float(opt["weight_decay"]),
+            mask=lambda p: weight_decay_mask(p, decay_embeddings)))
+    parts.append(optax.scale_by_learning_rate(schedule))
+    return optax.chain(*parts), schedule
