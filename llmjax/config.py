@@ -44,7 +44,7 @@ TRAIN_FIELDS: dict[str, tuple[Any, Any, str]] = {
     "keep_checkpoints": (int, 2, "keep the last K checkpoints"),
     "keep_every": (int, 0, "also keep every M-th step's checkpoint forever; 0 = none"),
     "log_spaced_checkpoints": (bool, False, "also save+keep steps 1,2,4,8,...,512 (Pythia-style)"),
-    "on_nan": (Literal["stop", "skip"], "stop", "NaN/Inf loss or grads: stop the run / skip the step"),
+    "on_nan": (Literal["stop", "skip"], "stop", "NaN/Inf loss/grads: stop run / skip step"),
     "distributed": (str, "auto", "jax.distributed.initialize: 'true', 'false' or 'auto' (= when "
                     "a SLURM/MPI/TPU multi-process environment is detected); case-insensitive"),
     "tensorboard": (bool, True, "write TensorBoard events when tensorboardX is installed"),
