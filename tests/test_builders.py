@@ -15,6 +15,7 @@ import sysconfig
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from llmjax.data import builders, synthetic
@@ -295,3 +296,46 @@ def test_default_data_dir_follows_env(monkeypatch):
     assert builders.default_data_dir() == "/some/where"
     monkeypatch.delenv("TFDS_DATA_DIR")
     assert builders.default_data_dir() == os.path.expanduser("~/tensorflow_datasets")
+
+
+def test_prepared_catalog_dataset_reads_without_tensorflow(tmp_path):
+    """A catalog-style builder (registered by name, 'train' + 'test', feature 'content')."""
+    import tensorflow_datasets as tfds
+
+    class LlmjaxTestCatalog(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("2.0.0")
+        code_path = None
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+                {"content": tfds.features.Text(), "label": tfds.features.Scalar(dtype=np.int64)}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(20, "tr"),
+                    "test": self._generate_examples(5, "te")}
+
+        def _generate_examples(self, n, prefix):
+            for i in range(n):
+                yield i, {"content": f"{prefix} line {i}", "label": i}
+
+    LlmjaxTestCatalog(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    result = builders.prepare("tfds:llmjax_test_catalog#content", str(tmp_path))
+    assert result.already_prepared  # nothing to build, so no TensorFlow needed
+    assert result.num_documents == {"train": 20, "validation": 5}
+    val = sorted(_texts("tfds:llmjax_test_catalog#content", "validation", str(tmp_path)))
+    assert val == sorted(f"te line {i}" for i in range(5))  # no validation split: 'test'
+    with pytest.raises(UserError, match="no feature 'text'"):
+        builders.load_split("tfds:llmjax_test_catalog", "train", str(tmp_path))
+    version = builders.dataset_version("tfds:llmjax_test_catalog#content", str(tmp_path))
+    assert "2.0.0" in version and "/" not in version
+    from llmjax.data import pipeline
+    from llmjax.data.tokenizer import get_tokenizer
+
+    cfg = pipeline.DataConfig(dataset="tfds:llmjax_test_catalog#content", data_dir=str(tmp_path),
+                              tokenizer="byte", seq_len=8, batch_size=2)
+    tok = get_tokenizer("byte", cfg.dataset_spec)
+    batches = pipeline.make_eval_batches(cfg, tok, 100)
+    stream = np.concatenate([pipeline.rows_of(b) for b in batches]).reshape(-1)
+    docs = tok.decode(stream[stream != tok.pad_id], skip_special_tokens=False)
+    assert docs.startswith("<|bos|>") and docs.endswith("<|eos|>")
+    assert sorted(docs[7:-7].split("<|eos|><|bos|>")) == val

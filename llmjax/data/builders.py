@@ -629,9 +629,17 @@ def _remove_stale_incomplete(data_path: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _split_counts(builder) -> dict[str, int]:
-    return {s: int(builder.info.splits[s].num_examples) if s in builder.info.splits else 0
-            for s in SPLITS}
+def _catalog_split(builder, split: str) -> str:
+    """Our split name -> the catalog's: 'validation' falls back to 'test'."""
+    if split == "validation" and "validation" not in builder.info.splits:
+        return "test"
+    return split
+
+
+def _split_counts(builder, catalog: bool = False) -> dict[str, int]:
+    splits = builder.info.splits
+    names = {s: _catalog_split(builder, s) if catalog else s for s in SPLITS}
+    return {s: int(splits[n].num_examples) if n in splits else 0 for s, n in names.items()}
 
 
 def prepare(
@@ -660,7 +668,7 @@ def prepare(
                 with _quiet():
                     builder.download_and_prepare(file_format="array_record")
     return PrepareResult(path=str(builder.data_dir), already_prepared=already, dataset=str(spec),
-                         num_documents=_split_counts(builder),
+                         num_documents=_split_counts(builder, spec.kind == "tfds"),
                          seconds=time.perf_counter() - start)
 
 
@@ -727,13 +735,10 @@ def load_split(name: str, split: str, data_dir: str | None = None):
     builder = _prepared_builder(spec, data_dir)
     splits = builder.info.splits
     if spec.kind == "tfds":
-        if split == "validation" and "validation" not in splits:
-            split = "test"
+        split = _catalog_split(builder, split)
         if split not in splits:
             return _EmptySource()
-        feature = builder.info.features.get(spec.feature) if hasattr(
-            builder.info.features, "get") else None
-        if feature is None:
+        if spec.feature not in builder.info.features.keys():
             raise UserError(f"dataset {spec} has no feature {spec.feature!r}; features: "
                             f"{', '.join(builder.info.features.keys())}")
         with _quiet():
@@ -764,6 +769,6 @@ def dataset_metadata(name: str, data_dir: str | None = None) -> dict[str, Any]:
     spec = _resolve(name)
     builder = _prepared_builder(spec, _data_dir(data_dir))
     meta = dict(builder.info.metadata or {}) if spec.kind != "tfds" else {"spec": str(spec)}
-    meta["num_documents"] = _split_counts(builder)
+    meta["num_documents"] = _split_counts(builder, spec.kind == "tfds")
     meta["path"] = str(builder.data_dir)
     return meta
