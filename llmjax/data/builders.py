@@ -29,7 +29,9 @@ Documents longer than `MAX_DOC_BYTES` are cut into chunks at the last whitespace
 replaced by U+FFFD (counted in the metadata). Whitespace-only documents are skipped.
 
 TFDS writes into an ``incomplete.*`` sibling directory and renames it at the end, so a killed or
-failed build never leaves a directory that reads as prepared. Builds hold a file lock per dataset.
+failed build never leaves a directory that reads as prepared. Builds hold a file lock per dataset
+(``<data_dir>/.locks/``), so concurrent processes build once; a build under the lock first deletes
+``incomplete.*`` leftovers of killed builds of the same dataset.
 """
 
 from __future__ import annotations

@@ -20,7 +20,14 @@ once into a *token index* (flat memory-mapped token array + per-document offsets
 document lengths, so no batch requires reading or tokenizing the ones before it. The pipeline is
 ``grain.MapDataset.range(start, stop).map(batch_at)``; the iterator state is
 ``{"next_batch": k, ...}`` and restoring it starts the grain dataset at k, with any number of
-worker processes (the state does not depend on `worker_count`).
+worker processes (the state does not depend on `worker_count`). The state also records what it
+indexes (dataset version, tokenizer fingerprint, seq_len, batch_size, seed, ...); restoring into
+a different configuration is refused with a UserError.
+
+Cost. Building the token index is the one expensive step (one tokenizer pass over the split,
+on first use of a (dataset, tokenizer) pair). After that a batch is a few vectorised numpy ops;
+batches are computed one step ahead on a background thread. ``worker_count > 0`` moves that work
+into grain worker processes, which only pays off when it is costlier than shipping the batch.
 """
 
 from __future__ import annotations
