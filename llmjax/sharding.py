@@ -97,9 +97,9 @@ def logical_to_spec(
     """Map logical axis names to a PartitionSpec through LOGICAL_AXIS_RULES.
 
     Unknown names and None map to None (replicated). A mesh axis already used by an earlier
-    dimension is dropped (a spec may not name it twice). With `shape` and `mesh`, mesh axes
-    absent from the mesh or not dividing the dimension are dropped too (e.g. 2 kv heads on
-    tensor=4), so every returned spec is valid for that array.
+    dimension is dropped (a spec may not name it twice). With `mesh`, mesh axes absent from it
+    or of size 1 are dropped; with `shape` too, so are axes not dividing the dimension (e.g. 2 kv
+    heads on tensor=4, which are then replicated), so every returned spec is valid for the array.
     """
     used: set[str] = set()
     spec = []
@@ -110,8 +110,8 @@ def logical_to_spec(
         for axis in axes:
             if axis in used:
                 continue
-            if mesh is not None and axis not in mesh.shape:
-                continue
+            if mesh is not None and mesh.shape.get(axis, 1) == 1:
+                continue  # absent or size-1 mesh axes shard nothing; leave them out of the spec
             kept.append(axis)
         if mesh is not None and shape is not None and kept:
             # Drop trailing mesh axes until the product divides the dimension.
