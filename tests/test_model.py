@@ -191,6 +191,17 @@ def test_scanned_and_unrolled_agree_from_the_same_params():
     np.testing.assert_array_equal(fresh[("blocks", "mlp", "w_up")], p_sc[("blocks", "mlp", "w_up")])
 
 
+def test_scanned_trace_does_not_grow_with_depth():
+    def n_equations(n_layers: int) -> int:
+        cfg = small(n_layers=n_layers)
+        graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+        jaxpr = jax.make_jaxpr(lambda s, t: nnx.merge(graphdef, s)(t))(state, tokens())
+        assert any(eqn.primitive.name == "scan" for eqn in jaxpr.jaxpr.eqns)
+        return len(jaxpr.jaxpr.eqns)
+
+    assert n_equations(2) == n_equations(6)
+
+
 def test_bf16_compute_is_close_to_fp32():
     toks = tokens()
     fp32 = forward(model_for(small()), toks)
