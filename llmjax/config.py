@@ -211,6 +211,7 @@ def parse_flags(argv: Sequence[str], extra_flags: Mapping[str, str] | None = Non
     full_spec = resolved + (":" + arg if arg else "")
     argv = [f"--config={full_spec}" if a.startswith("--config=") else a for a in argv]
     argv = ["llmjax"] + argv
+    _check_override_paths(full_spec, argv)
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", default=None, flag_values=fv, lock_config=True,
                                     sys_argv=argv)
@@ -240,6 +241,35 @@ def parse_flags(argv: Sequence[str], extra_flags: Mapping[str, str] | None = Non
                         f"got {type(config).__name__}")
     extras = {n: fv[n].value for n in (extra_flags or {})}
     return config, extras
+
+
+def _check_override_paths(spec: str, argv: list[str]) -> None:
+    """An override of a key the config does not have: one line naming it and the allowed keys.
+
+    (absl reports it as a bare KeyError; the config file is loaded once more to check paths.)
+    """
+    overrides = [a.split("=", 1)[0][len("--config."):] for a in argv
+                 if a.startswith("--config.")]
+    if not overrides:
+        return
+    from ml_collections import config_flags
+
+    try:
+        config = config_flags.config_flags.ConfigFileFlagParser("config", lock_config=False).parse(
+            spec)
+    except Exception:  # noqa: BLE001 - the real parse below reports loading errors properly
+        return
+    if not isinstance(config, ConfigDict):
+        return
+    for path in overrides:
+        node: Any = config
+        parts = path.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, ConfigDict) or part not in node:
+                where = ".".join(parts[:i]) or "the top level"
+                keys = ", ".join(sorted(node.keys())) if isinstance(node, ConfigDict) else "none"
+                raise UserError(f"--config.{path}: no such config key; keys in {where}: {keys}")
+            node = node[part]
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:

@@ -36,6 +36,39 @@ def log_spaced_steps(max_step: int, last: int = 512) -> list[int]:
     return steps
 
 
+def complete_steps(directory: str) -> list[int]:
+    """Steps under `directory` whose checkpoint finished writing, ascending (reads the disk only).
+
+    A finished step is a directory named by its number (orbax renames `<step>.orbax-checkpoint-
+    tmp-*` to it when done) holding orbax's metadata file and all three items.
+    """
+    if not os.path.isdir(directory):
+        return []
+    steps = []
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if name.isdigit() and os.path.isfile(os.path.join(path, _STEP_METADATA)) and all(
+                os.path.isdir(os.path.join(path, item)) for item in ("state", "data", "meta")):
+            steps.append(int(name))
+    return sorted(steps)
+
+
+def remove_incomplete(directory: str) -> list[str]:
+    """Deletes numbered step directories that never finished (a re-save would collide with them);
+    returns their names. Call on one process only, before creating a Checkpointer."""
+    import shutil
+
+    if not os.path.isdir(directory):
+        return []
+    done = set(complete_steps(directory))
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        if name.isdigit() and int(name) not in done:
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
 class Checkpointer:
     """Saves/restores (TrainState pytree, data-iterator JSON, meta JSON) by step number."""
 
@@ -61,14 +94,7 @@ class Checkpointer:
 
     def complete_steps(self) -> list[int]:
         """Steps whose checkpoint finished writing, ascending."""
-        steps = []
-        self.manager.reload()
-        for step in self.manager.all_steps():
-            path = os.path.join(self.directory, str(step))
-            if os.path.isfile(os.path.join(path, _STEP_METADATA)) and all(
-                    os.path.isdir(os.path.join(path, item)) for item in ("state", "data", "meta")):
-                steps.append(int(step))
-        return sorted(steps)
+        return complete_steps(self.directory)
 
     def latest_step(self) -> int | None:
         steps = self.complete_steps()

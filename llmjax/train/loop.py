@@ -36,9 +36,14 @@ from ml_collections import ConfigDict
 from llmjax import config as config_lib
 from llmjax.errors import UserError
 from llmjax.train import mfu as mfu_lib
-from llmjax.train.checkpoint import Checkpointer, log_spaced_steps
+from llmjax.train.checkpoint import (
+    CHECKPOINT_DIR,
+    Checkpointer,
+    log_spaced_steps,
+    remove_incomplete,
+)
 from llmjax.train.metrics import MetricsWriter, Progress, format_eval, format_train
-from llmjax.train.optimizer import make_optimizer
+from llmjax.train.optimizer import make_optimizer, weight_decay_mask
 from llmjax.train.step import TrainState, make_eval_step, make_train_step, summarize_eval
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy",
@@ -131,10 +136,11 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def run_metadata(argv: list[str] | None = None) -> dict[str, Any]:
-    """Git SHA, package versions, devices, host and start time of this run."""
-    devices = jax.devices()
+def run_metadata(argv: list[str] | None = None, mesh: Any = None) -> dict[str, Any]:
+    """Git SHA, package versions, devices (and the mesh), host and start time of this run."""
+    devices = jax.devices() if mesh is None else list(mesh.devices.flat)
     return {
+        "mesh": None if mesh is None else dict(mesh.shape),
         **_git_sha(),
         "packages": _versions(),
         "devices": {"platform": devices[0].platform, "kind": devices[0].device_kind,
@@ -155,14 +161,14 @@ def _write_json(path: str, obj: Any) -> None:
 
 
 def _write_run_files(workdir: str, config: ConfigDict, resume_step: int | None,
-                     tokenizer: Any, argv: list[str] | None) -> None:
+                     tokenizer: Any, argv: list[str] | None, mesh: Any) -> None:
     """config.json, metadata.json (a resume appends to `resumes`), tokenizer/."""
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json.tmp"), "w") as f:
         f.write(config_lib.to_json(config) + "\n")
     os.replace(os.path.join(workdir, "config.json.tmp"), os.path.join(workdir, "config.json"))
     meta_path = os.path.join(workdir, "metadata.json")
-    meta = run_metadata(argv)
+    meta = run_metadata(argv, mesh)
     if os.path.exists(meta_path):
         try:
             with open(meta_path) as f:
@@ -201,6 +207,7 @@ class Setup:
     eval_step: Any  # jitted
     steps: int
     init_fn: Any  # () -> TrainState, sharded
+    decay_mask: Any  # bool pytree like params: which parameters get weight decay
 
 
 def model_config_for(config: ConfigDict, vocab_size: int) -> Any:
@@ -231,15 +238,17 @@ def get_tokenizer_for(config: ConfigDict) -> Any:
     return get_data_tokenizer(data_config_for(config))
 
 
-def build(config: ConfigDict, tokenizer: Any, mesh: jax.sharding.Mesh | None = None) -> Setup:
-    """Model graph, shardings, optimizer and the jitted step functions; allocates nothing big."""
+def build(config: ConfigDict, tokenizer: Any, devices: list[Any] | None = None) -> Setup:
+    """Model graph, shardings, optimizer and the jitted step functions; allocates nothing big.
+
+    `devices`: the mesh's devices (default: all of jax.devices()).
+    """
     from llmjax.model import Transformer
     from llmjax.sharding import logical_to_spec, make_mesh, state_shardings
 
     model_cfg = model_config_for(config, tokenizer.vocab_size)
     data_cfg = data_config_for(config, jax.process_count())
-    if mesh is None:
-        mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
     steps = config_lib.total_steps(config)
     seed = int(config.seed)
 
@@ -249,9 +258,12 @@ def build(config: ConfigDict, tokenizer: Any, mesh: jax.sharding.Mesh | None = N
         raise NotImplementedError("the model has non-Param state; the train step only carries "
                                   "parameters")
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    param_sh = state_shardings(mesh, abstract_params).to_pure_dict()
-    tx, schedule = make_optimizer(config.optimizer, steps)
-    abstract_pure = abstract_params.to_pure_dict()
+    param_sh = nnx.to_pure_dict(state_shardings(mesh, abstract_params))
+    # Decided from the Variables' logical axes (stacked norm scales are 2-D but never decay).
+    decay_mask = nnx.to_pure_dict(
+        weight_decay_mask(abstract_params, bool(config.optimizer.decay_embeddings)))
+    tx, schedule = make_optimizer(config.optimizer, steps, decay_mask)
+    abstract_pure = nnx.to_pure_dict(abstract_params)
     abstract_opt = jax.eval_shape(tx.init, abstract_pure)
     import optax
 
@@ -269,7 +281,7 @@ def build(config: ConfigDict, tokenizer: Any, mesh: jax.sharding.Mesh | None = N
 
     def init() -> TrainState:
         _, params, _ = nnx.split(make_model(), nnx.Param, ...)
-        params = params.to_pure_dict()
+        params = nnx.to_pure_dict(params)
         # Dropout key: a stream separate from parameter init (nnx.Rngs(seed) uses key(seed)).
         rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -288,7 +300,8 @@ def build(config: ConfigDict, tokenizer: Any, mesh: jax.sharding.Mesh | None = N
     return Setup(model_cfg=model_cfg, tokenizer=tokenizer, data_cfg=data_cfg, mesh=mesh,
                  graphdef=graphdef, tx=tx, schedule=schedule, abstract_state=abstract_state,
                  state_shardings=shardings, batch_sharding=batch_sharding, replicated=replicated,
-                 train_step=train_step, eval_step=eval_step, steps=steps, init_fn=init_fn)
+                 train_step=train_step, eval_step=eval_step, steps=steps, init_fn=init_fn,
+                 decay_mask=decay_mask)
 
 
 def abstract_batch(config: ConfigDict, sharding: Any) -> dict[str, jax.ShapeDtypeStruct]:
@@ -343,20 +356,14 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _clean_incomplete_checkpoints(ckpt_dir: str, complete: list[int]) -> None:
-    """Removes step directories that never finished (would collide with a re-save of that step)."""
-    import shutil
-
-    if not os.path.isdir(ckpt_dir):
-        return
-    for name in os.listdir(ckpt_dir):
-        if name.isdigit() and int(name) not in complete:
-            shutil.rmtree(os.path.join(ckpt_dir, name), ignore_errors=True)
-
-
 def train(config: ConfigDict, workdir: str, *, argv: list[str] | None = None,
-          return_state: bool = False, progress: bool = True) -> TrainResult:
+          return_state: bool = False, progress: bool = True,
+          devices: list[Any] | None = None) -> TrainResult:
     """Trains `config` in `workdir`, resuming from its latest complete checkpoint if any.
+
+    `devices`: run on these devices only (default all; e.g. jax.devices()[:1] for a
+    single-device reference run in a multi-device process). `progress=False` silences the
+    log lines / bar (metrics.jsonl is written either way).
 
     Raises UserError for a bad config (before writing anything), TrainingDiverged on NaN/Inf
     with on_nan='stop'. SIGTERM/SIGINT: saves a checkpoint and returns with preempted=True.
@@ -366,20 +373,23 @@ def train(config: ConfigDict, workdir: str, *, argv: list[str] | None = None,
 
     initialize_distributed(config)
     n_proc, proc = jax.process_count(), jax.process_index()
-    config_lib.validate(config, jax.device_count(), n_proc)
+    n_devices = jax.device_count() if devices is None else len(devices)
+    config_lib.validate(config, n_devices, n_proc)
     primary = proc == 0
     tokenizer = get_tokenizer_for(config)
-    setup = build(config, tokenizer)  # may raise UserError (model fields): still nothing written
+    setup = build(config, tokenizer, devices)  # may raise UserError: still nothing written
     steps, batch_size, seq_len = setup.steps, config.data.batch_size, config.data.seq_len
     workdir = os.path.abspath(workdir)
 
-    ckpt_dir = os.path.join(workdir, "checkpoints")
     keep_steps = log_spaced_steps(steps) if config.log_spaced_checkpoints else []
-    if primary and os.path.isdir(ckpt_dir):
-        probe = Checkpointer(workdir, keep_last=config.keep_checkpoints)
-        complete = probe.complete_steps()
-        probe.close()
-        _clean_incomplete_checkpoints(ckpt_dir, complete)
+    if primary:
+        removed = remove_incomplete(os.path.join(workdir, CHECKPOINT_DIR))
+        if removed and progress:
+            print(f"ignored incomplete checkpoint(s) {', '.join(removed)}", flush=True)
+    if n_proc > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("llmjax: incomplete checkpoints removed")
     ckpt = Checkpointer(workdir, keep_last=config.keep_checkpoints, keep_every=config.keep_every,
                         keep_steps=keep_steps)
     resume_step = ckpt.latest_step()
@@ -395,7 +405,7 @@ def train(config: ConfigDict, workdir: str, *, argv: list[str] | None = None,
     start_step = resume_step or 0
 
     if primary:
-        _write_run_files(workdir, config, resume_step, tokenizer, argv)
+        _write_run_files(workdir, config, resume_step, tokenizer, argv, setup.mesh)
     writer = MetricsWriter(workdir, resume_step=start_step, tensorboard=bool(config.tensorboard),
                            enabled=primary)
     bar = Progress(steps, start_step, enabled=primary and progress)
@@ -409,7 +419,7 @@ def train(config: ConfigDict, workdir: str, *, argv: list[str] | None = None,
                         for b in make_eval_batches(setup.data_cfg, tokenizer, config.eval_batches,
                                                    process_index=proc, process_count=n_proc)]
     flops_tok = flops_per_token(setup.model_cfg, seq_len).training
-    peak = mfu_lib.device_peak()
+    peak = mfu_lib.device_peak(list(setup.mesh.devices.flat))
     tokens_per_step = batch_size * seq_len
 
     def evaluate(params: Any) -> dict[str, float]:

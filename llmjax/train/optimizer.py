@@ -58,24 +58,44 @@ def is_embedding(path: tuple) -> bool:
     return any(any(e in name.lower() for e in EMBEDDING_NAMES) for name in _path_names(path))
 
 
+def _logical_axes(leaf: Any) -> tuple | None:
+    """Logical axis names of an nnx Variable (its `out_sharding` metadata), else None."""
+    get = getattr(leaf, "get_metadata", None)
+    if get is None:
+        return None
+    axes = get().get("out_sharding")
+    return tuple(axes) if axes else None
+
+
 def weight_decay_mask(params: Any, decay_embeddings: bool = False) -> Any:
-    """Pytree of bools like `params`: decay matrices only (ndim >= 2), never norms or biases;
-    embeddings only when `decay_embeddings`."""
+    """Pytree of bools like `params` (nnx Variables -> bools): True = apply weight decay.
+
+    Decay weight matrices only, never norm scales or biases: a parameter decays when it has >= 2
+    axes besides the stacked 'layers' axis (scan_layers) and none named 'norm'. Embedding
+    tables decay only when `decay_embeddings`. With nnx Variables the logical axis names decide;
+    plain arrays fall back to ndim >= 2.
+    """
 
     def decide(path: tuple, leaf: Any) -> bool:
-        if jnp.ndim(leaf) < 2:
+        axes = _logical_axes(leaf)
+        if axes is not None:
+            if "norm" in axes or len([a for a in axes if a != "layers"]) < 2:
+                return False
+        elif jnp.ndim(getattr(leaf, "value", leaf)) < 2:
             return False
         return decay_embeddings or not is_embedding(path)
 
-    return jax.tree_util.tree_map_with_path(decide, params)
+    is_var = lambda x: hasattr(x, "get_metadata")
+    return jax.tree_util.tree_map_with_path(decide, params, is_leaf=is_var)
 
 
-def make_optimizer(opt: Mapping[str, Any], total_steps: int
+def make_optimizer(opt: Mapping[str, Any], total_steps: int, decay_mask: Any = None
                    ) -> tuple[optax.GradientTransformation, Callable[[jax.Array], jax.Array]]:
     """(optax AdamW chain, lr schedule) from the `optimizer` config section.
 
     Chain: clip_by_global_norm(grad_clip) (if > 0) -> adam moments -> decoupled weight decay on
-    `weight_decay_mask` -> scale by -lr(step).
+    `decay_mask` (a bool pytree like the params; default: `weight_decay_mask` of the params,
+    judged by ndim) -> scale by -lr(step).
     """
     schedule = learning_rate_schedule(opt, total_steps)
     parts = []
@@ -84,9 +104,9 @@ def make_optimizer(opt: Mapping[str, Any], total_steps: int
     parts.append(optax.scale_by_adam(b1=float(opt["b1"]), b2=float(opt["b2"]),
                                      eps=float(opt["eps"])))
     if float(opt["weight_decay"]) > 0:
-        decay_embeddings = bool(opt["decay_embeddings"])
-        parts.append(optax.add_decayed_weights(
-            float(opt["weight_decay"]),
-            mask=lambda p: weight_decay_mask(p, decay_embeddings)))
+        if decay_mask is None:
+            decay_embeddings = bool(opt["decay_embeddings"])
+            decay_mask = lambda p: weight_decay_mask(p, decay_embeddings)  # noqa: E731
+        parts.append(optax.add_decayed_weights(float(opt["weight_decay"]), mask=decay_mask))
     parts.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*parts), schedule
