@@ -497,6 +497,8 @@ def validate(config: ConfigDict, num_devices: int, process_count: int = 1) -> No
     if not model_dict.get("vocab_size"):
         model_dict["vocab_size"] = 256  # stand-in: the real size comes from the tokenizer
     _model_dataclass().from_dict(model_dict)
+    # And the pipeline's (tokenizer spec, dataset name, ...); reads no data.
+    _data_dataclass().from_config(config.data, process_count=process_count)
 
 
 def _short(values: list[int]) -> str:

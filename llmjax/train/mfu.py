@@ -83,7 +83,7 @@ def _cpu_key() -> str:
     return f"{_cpu_model()} | {cores} cores | float32"
 
 
-def measure_cpu_peak(size: int = 1024, min_seconds: float = 0.3) -> float:
+def measure_cpu_peak(size: int = 1024, min_seconds: float = 0.5) -> float:
     """float32 matmul FLOP/s of this CPU through XLA (best of repeated [size,size]@[size,size]).
 
     Runs on the first CPU device; XLA's CPU matmul uses all cores' threads, so this is the whole
