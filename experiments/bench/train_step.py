@@ -40,11 +40,13 @@ SIZES = {  # name -> (lm.py variant, overrides)
 }
 
 
-def bench_one(name: str, steps: int, batch: int, seq: int, peak: mfu_lib.Peak) -> dict:
+def bench_one(name: str, steps: int, batch: int, seq: int, peak: mfu_lib.Peak,
+              dtype: str = "float32") -> dict:
     variant, overrides = SIZES[name]
     config = load_config(f"{LM}:{variant}", [*overrides, f"data.batch_size={batch}",
                                              f"data.seq_len={seq}", f"model.max_seq_len={seq}",
-                                             "optimizer.warmup_steps=1", "mesh.data=-1"])
+                                             "optimizer.warmup_steps=1", "mesh.data=-1",
+                                             f"model.compute_dtype={dtype}"])
     validate(config, jax.device_count())
     setup = build(config, _SizeOnlyTokenizer(259))
     t0 = time.perf_counter()
@@ -81,6 +83,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="global batch (sequences)")
     ap.add_argument("--seq", type=int, default=128, help="sequence length (128-256)")
     ap.add_argument("--sizes", default=",".join(SIZES), help="comma list of " + ",".join(SIZES))
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="model.compute_dtype (bfloat16 for GPU/TPU comparisons)")
     ap.add_argument("--json", action="store_true", help="one JSON object per size")
     args = ap.parse_args()
     peak = mfu_lib.device_peak()
@@ -91,7 +95,7 @@ def main() -> None:
         print(f"{'size':>5} {'params':>10} {'batch x seq':>11} {'compile s':>9} {'step ms':>9} "
               f"{'tokens/s':>10} {'GFLOP/s':>9} {'MFU':>7}")
     for name in args.sizes.split(","):
-        r = bench_one(name.strip(), args.steps, args.batch, args.seq, peak)
+        r = bench_one(name.strip(), args.steps, args.batch, args.seq, peak, args.dtype)
         if args.json:
             print(json.dumps({**r, "peak_flops": peak.flops, "peak_label": peak.label}))
         else:

@@ -368,6 +368,13 @@ def train(config: ConfigDict, workdir: str, *, argv: list[str] | None = None,
     Raises UserError for a bad config (before writing anything), TrainingDiverged on NaN/Inf
     with on_nan='stop'. SIGTERM/SIGINT: saves a checkpoint and returns with preempted=True.
     """
+    with _StopFlag() as stop:  # from the start: a signal during start-up still exits cleanly
+        return _run(config, workdir, stop, argv=argv, return_state=return_state,
+                    progress=progress, devices=devices)
+
+
+def _run(config: ConfigDict, workdir: str, stop: _StopFlag, *, argv: list[str] | None,
+         return_state: bool, progress: bool, devices: list[Any] | None) -> TrainResult:
     from llmjax.data.pipeline import make_eval_batches, make_train_iterator
     from llmjax.model.flops import flops_per_token
 
@@ -463,56 +470,58 @@ def train(config: ConfigDict, workdir: str, *, argv: list[str] | None = None,
     pending: tuple[int, dict[str, jax.Array]] | None = None
     t_last, step_last = time.perf_counter(), step
     try:
-        with _StopFlag() as stop:
-            if config.log_spaced_checkpoints and step == 0 and 0 in keep_steps:
-                save(0)
-            while step < steps:
-                if _should_stop(stop, n_proc, step, config.log_every):
-                    break
-                batch = _global_batch(next(train_iter), setup.batch_sharding, batch_size)
-                state, metrics = compiled(state, batch)
-                step += 1
-                if pending is not None:
-                    check(*pending)  # the previous step; this one is already queued
-                pending = (step, metrics)
-                last = step == steps
-                log_now = step % config.log_every == 0 or last
-                eval_now = bool(eval_batches) and (step % config.eval_every == 0 or last)
-                save_now = (last or (config.checkpoint_every > 0
-                                     and step % config.checkpoint_every == 0)
-                            or step in keep_steps)
-                if not (log_now or eval_now or save_now):
-                    continue
-                check(*pending)
-                pending = None
-                if log_now:
-                    m = jax.device_get(metrics)
-                    now = time.perf_counter()
-                    tok_s = (step - step_last) * tokens_per_step / max(now - t_last, 1e-9)
-                    flops_s, util = mfu_lib.mfu(flops_tok, tok_s, peak)
-                    last_train = {"kind": "train", "step": step, "loss": float(m["loss"]),
-                                  "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"]),
-                                  "tokens": step * tokens_per_step, "tokens_per_s": tok_s,
-                                  "flops_per_s": flops_s, "mfu": util, "time": time.time()}
-                    if config.z_loss > 0:
-                        last_train["z_loss"] = float(m["z_loss"])
-                    writer.write(last_train)
-                    bar.log(format_train(last_train, steps, bar.eta(step), peak.label))
-                    bar.update(step, last_train)
-                if eval_now:
-                    last_eval = {"kind": "eval", "step": step, **evaluate(state.params),
-                                 "tokens": step * tokens_per_step}
-                    writer.write(last_eval)
-                    bar.log(format_eval(last_eval))
-                if save_now:
-                    save(step)
-                t_last, step_last = time.perf_counter(), step
+        if config.log_spaced_checkpoints and step == 0 and 0 in keep_steps:
+            save(0)
+        while step < steps:
+            if _should_stop(stop, n_proc, step, config.log_every):
+                break
+            batch = _global_batch(next(train_iter), setup.batch_sharding, batch_size)
+            state, metrics = compiled(state, batch)
+            step += 1
             if pending is not None:
-                check(*pending)
-            preempted = step < steps
-            if preempted:
+                check(*pending)  # the previous step; this one is already queued
+            pending = (step, metrics)
+            last = step == steps
+            log_now = step % config.log_every == 0 or last
+            eval_now = bool(eval_batches) and (step % config.eval_every == 0 or last)
+            save_now = (last or (config.checkpoint_every > 0
+                                 and step % config.checkpoint_every == 0)
+                        or step in keep_steps)
+            if not (log_now or eval_now or save_now):
+                continue
+            check(*pending)
+            pending = None
+            if log_now:
+                m = jax.device_get(metrics)
+                now = time.perf_counter()
+                tok_s = (step - step_last) * tokens_per_step / max(now - t_last, 1e-9)
+                flops_s, util = mfu_lib.mfu(flops_tok, tok_s, peak)
+                last_train = {"kind": "train", "step": step, "loss": float(m["loss"]),
+                              "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"]),
+                              "tokens": step * tokens_per_step, "tokens_per_s": tok_s,
+                              "flops_per_s": flops_s, "mfu": util, "time": time.time()}
+                if config.z_loss > 0:
+                    last_train["z_loss"] = float(m["z_loss"])
+                writer.write(last_train)
+                bar.log(format_train(last_train, steps, bar.eta(step), peak.label))
+                bar.update(step, last_train)
+            if eval_now:
+                last_eval = {"kind": "eval", "step": step, **evaluate(state.params),
+                             "tokens": step * tokens_per_step}
+                writer.write(last_eval)
+                bar.log(format_eval(last_eval))
+            if save_now:
                 save(step)
+            t_last, step_last = time.perf_counter(), step
+        if pending is not None:
+            check(*pending)
+        preempted = step < steps
+        if preempted:
+            if step > 0:
+                save(step)  # no-op when this step's checkpoint exists (e.g. just restored)
                 bar.log(f"received signal {stop.signum}: saved checkpoint at step {step}, exiting")
+            else:
+                bar.log(f"received signal {stop.signum} before the first step, exiting")
     finally:
         bar.close()
         ckpt.close()  # waits for async saves
