@@ -544,11 +544,5 @@ def _should_stop(stop: _StopFlag, n_proc: int, step: int, log_every: int) -> boo
     return bool(np.max(flags))
 
 
-def read_config_json(workdir: str) -> dict[str, Any]:
-    """The config a run was started with (config.json) as a dict."""
-    with open(os.path.join(workdir, "config.json")) as f:
-        return json.load(f)
-
-
 __all__ = ["TrainResult", "TrainingDiverged", "build", "compile_train_step", "train",
            "initialize_distributed", "model_config_for", "data_config_for"]
