@@ -55,23 +55,24 @@ class MultistartResult:
 def _two_loop(g: jax.Array, s_hist: jax.Array, y_hist: jax.Array, rho: jax.Array) -> jax.Array:
     """H^-1 g (two-loop recursion). g [P, k]; s_hist, y_hist [P, m, k] oldest first; rho [P, m]."""
     m = s_hist.shape[1]
-    q = g
-    alphas = []
-    for i in reversed(range(m)):  # newest first; empty slots have rho = 0 and do nothing
+
+    def backward(j, carry):  # newest first; empty slots have rho = 0 and do nothing
+        q, alphas = carry
+        i = m - 1 - j
         a = rho[:, i] * jnp.sum(s_hist[:, i] * q, axis=1)
-        q = q - a[:, None] * y_hist[:, i]
-        alphas.append(a)
-    alphas = alphas[::-1]
+        return q - a[:, None] * y_hist[:, i], alphas.at[:, i].set(a)
+
+    q, alphas = jax.lax.fori_loop(0, m, backward, (g, jnp.zeros_like(rho)))
     s_new, y_new = s_hist[:, -1], y_hist[:, -1]
     yy = jnp.sum(y_new * y_new, axis=1)
-    gamma = jnp.where(
-        rho[:, -1] > 0, jnp.sum(s_new * y_new, axis=1) / jnp.where(yy > 0, yy, 1.0), 1.0
-    )
-    r = gamma[:, None] * q
-    for i in range(m):
+    sy = jnp.sum(s_new * y_new, axis=1)
+    gamma = jnp.where(rho[:, -1] > 0, sy / jnp.where(yy > 0, yy, 1.0), 1.0)
+
+    def forward(i, r):
         b = rho[:, i] * jnp.sum(y_hist[:, i] * r, axis=1)
-        r = r + (alphas[i] - b)[:, None] * s_hist[:, i]
-    return r
+        return r + (alphas[:, i] - b)[:, None] * s_hist[:, i]
+
+    return jax.lax.fori_loop(0, m, forward, gamma[:, None] * q)
 
 
 @partial(
@@ -120,11 +121,8 @@ def _run(
         n_eval=jnp.zeros(slots, jnp.int32),
         next_start=jnp.minimum(slots, n_real).astype(jnp.int32),
         step=jnp.asarray(0, jnp.int32),
-        out_x=jnp.full((n_starts, k), jnp.nan, dtype),
-        out_f=jnp.full(n_starts, jnp.nan, dtype),
-        out_status=jnp.zeros(n_starts, jnp.int32),
-        out_iter=jnp.zeros(n_starts, jnp.int32),
-        out_eval=jnp.zeros(n_starts, jnp.int32),
+        # One row per start: x (k columns), f, status, iterations, evaluations; one scatter a step.
+        out=jnp.full((n_starts, k + 4), jnp.nan, dtype),
     )
 
     def cond(st):
@@ -209,11 +207,14 @@ def _run(
             0,
         )
         sid = jnp.where(done, st["slot_id"], idle)
-        out_x = st["out_x"].at[sid].set(x_new, mode="drop")
-        out_f = st["out_f"].at[sid].set(jnp.where(bad_start, jnp.nan, f_new), mode="drop")
-        out_status = st["out_status"].at[sid].set(status, mode="drop")
-        out_iter = st["out_iter"].at[sid].set(n_iter, mode="drop")
-        out_eval = st["out_eval"].at[sid].set(n_eval, mode="drop")
+        record = jnp.concatenate(
+            [
+                x_new,
+                jnp.stack([jnp.where(bad_start, jnp.nan, f_new), status, n_iter, n_eval], 1),
+            ],
+            axis=1,
+        )
+        out = st["out"].at[sid].set(record.astype(dtype), mode="drop")
 
         # Refill finished slots from the queue, in slot order.
         rank = jnp.cumsum(done, dtype=jnp.int32) - 1
@@ -242,15 +243,10 @@ def _run(
             n_eval=jnp.where(refill, 0, n_eval),
             next_start=next_start,
             step=st["step"] + 1,
-            out_x=out_x,
-            out_f=out_f,
-            out_status=out_status,
-            out_iter=out_iter,
-            out_eval=out_eval,
+            out=out,
         )
 
-    st = jax.lax.while_loop(cond, body, state)
-    return st["out_x"], st["out_f"], st["out_status"], st["out_iter"], st["out_eval"]
+    return jax.lax.while_loop(cond, body, state)["out"]
 
 
 def _bucket(n: int) -> int:
@@ -329,5 +325,8 @@ def minimize_multistart(
         max_iter=max_iter,
         max_linesearch=max_linesearch,
     )
-    x, fun, status, n_iter, n_eval = (np.asarray(a)[:n_starts] for a in out)
-    return MultistartResult(x=x, fun=fun, status=status, n_iter=n_iter, n_eval=n_eval)
+    out = np.asarray(out)[:n_starts]
+    ints = np.nan_to_num(out[:, k + 1 :]).astype(np.int64)  # never-finished rows read as 0
+    return MultistartResult(
+        x=out[:, :k], fun=out[:, k], status=ints[:, 0], n_iter=ints[:, 1], n_eval=ints[:, 2]
+    )
