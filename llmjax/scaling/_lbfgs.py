@@ -10,13 +10,14 @@ lengths, not the maximum, and there is one compiled program per problem shape.
 
 Each row is a small state machine: evaluate the trial point; if it is a fresh start or satisfies the
 Armijo condition, accept it, update the L-BFGS memory and compute the next direction (two-loop
-recursion, Nocedal & Wright 2006, Alg. 7.4); otherwise shrink the step by safeguarded quadratic
-interpolation (backtracking, Alg. 3.1/3.5). Stopping tests: max |grad| <= gtol, or
-(f_old - f_new) / max(|f_old|, |f_new|, f_floor) <= ftol, with scipy L-BFGS-B's gtol and ftol.
-scipy's floor is 1, which makes the test absolute for the summed Huber objectives here (about
-1e-3): runs then stop after any step that gains under 2e-9, far from their minimum (a bootstrap
-replicate of the Chinchilla data stopped 7e-4 relative above it). The default floor is tiny, so
-the test is relative.
+recursion, Nocedal & Wright 2006, Alg. 7.4); otherwise shrink the step (backtracking, their
+Alg. 3.1, by the safeguarded quadratic interpolation of their Section 3.5).
+
+Stopping tests: max |grad| <= gtol, or (f_old - f_new) / max(|f_old|, |f_new|, f_floor) <= ftol,
+with scipy L-BFGS-B's gtol and ftol. scipy's floor is 1, which makes the test absolute for the
+summed Huber objectives here (about 1e-3): runs then stop after any step that gains under 2e-9,
+far from their minimum (a bootstrap replicate of the Chinchilla data stopped 7e-4 relative above
+it). The default floor is tiny, so the test is relative.
 
 Must be called inside `jax.enable_x64(True)`: the objectives need float64 (see callers).
 """

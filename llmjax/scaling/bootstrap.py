@@ -164,7 +164,7 @@ def bootstrap_chinchilla(
     n_boot: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
-    huber_delta: float = 1e-3,
+    huber_delta: float | None = 1e-3,
     fit: ChinchillaFit | None = None,
     n_starts: int = 4,
     init_grid=None,

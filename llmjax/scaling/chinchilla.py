@@ -205,7 +205,7 @@ def fit_chinchilla(
     D,
     L,
     *,
-    huber_delta: float = 1e-3,
+    huber_delta: float | None = 1e-3,
     init_grid: InitGrid | None = None,
     max_iter: int = 1000,
     slots: int = 256,
@@ -213,11 +213,12 @@ def fit_chinchilla(
     """Fit L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, Approach 3).
 
     N [n] parameters, D [n] training tokens, L [n] final loss (nats); n >= 6 (5 parameters + 1).
-    huber_delta: Huber threshold on log-loss residuals (1e-3, the paper's). init_grid: a mapping
-    from a, b, e, alpha, beta to value lists (Cartesian product), or rows [S, 5] in that order;
-    default the paper's 4,500 starts. Every start runs L-BFGS to convergence (all starts at once,
-    compiled, float64); the lowest objective wins, ties to the earliest start. Points are sorted
-    first, so the result does not depend on their order.
+    huber_delta: Huber threshold on log-loss residuals (1e-3, the paper's; None for least
+    squares). init_grid: a mapping from a, b, e, alpha, beta to value lists (Cartesian product),
+    or rows [S, 5] in that order; default the paper's 4,500 starts. Every start runs L-BFGS to
+    convergence (all starts at once, compiled, float64); the lowest objective wins, ties to the
+    earliest start. max_iter: L-BFGS iterations per start; slots: starts advanced together.
+    Points are sorted first, so the result does not depend on their order.
     """
     delta = _inputs.check_delta(huber_delta)
     N, D, L = prepare_points(N, D, L, what="fit_chinchilla")
