@@ -16,6 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("llmjax.data.cli", "prepare / sample / stats of datasets"),
     "train": ("llmjax.train.cli", "train a model from a config"),
     "info": ("llmjax.train.info", "parameter counts, FLOPs/token and compiled memory of a config"),
+    "sweep": ("llmjax.sweep.cli", "run every point of a config's get_sweep(), resumably"),
+    "results": ("llmjax.sweep.results", "gather a sweep's runs into results.csv and curves.csv"),
+    "report": ("llmjax.report.cli", "scaling-law fits, plots and report.md of a sweep"),
 }
 
 

@@ -1,0 +1,354 @@
+"""report.md and the headline lines, rendered from a `ScalingAnalysis`.
+
+The report states its fit choices (what N counts, which loss, Huber delta, start grids, bootstrap)
+because fitted exponents move with them (Li, Kudugunta & Zettlemoyer 2025).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from llmjax.report.scaling import (
+    GRIDS,
+    Interval,
+    Run,
+    ScalingAnalysis,
+)
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    """Number for a table: '' for None, 2.00e7 style for large or tiny values, else `digits`
+    significant digits (trailing zeros kept, so intervals line up); integers as integers."""
+    if x is None or not math.isfinite(x):
+        return ""
+    ax = abs(x)
+    if ax != 0 and (ax >= 1e5 or ax < 1e-3):
+        mantissa, exp = f"{x:.{digits - 1}e}".split("e")
+        return f"{mantissa}e{int(exp)}"
+    if float(x).is_integer():
+        return str(int(x))
+    return f"{x:#.{digits}g}".rstrip(".")
+
+
+def ci(interval: Interval | dict, digits: int = 3) -> str:
+    """'0.342 [0.330, 0.350]' from an Interval or its to_dict()."""
+    if isinstance(interval, dict):
+        value, bounds = interval["value"], interval.get("ci")
+    else:
+        value = interval.value
+        bounds = None if interval.lo is None else (interval.lo, interval.hi)
+    text = fmt(value, digits)
+    if bounds is not None:
+        text += f" [{fmt(bounds[0], digits)}, {fmt(bounds[1], digits)}]"
+    return text
+
+
+def headline_lines(headline: dict[str, Any]) -> list[str]:
+    """A few lines with the headline numbers (for the CLI and `make demo`)."""
+    pct = round(100 * headline.get("confidence", 0.95))
+    lines = [
+        f"runs: {headline['n_runs']} ({headline['n_used']} fitted, {headline['n_failed']} failed "
+        "or unfinished)"
+    ]
+    if "alpha_N" in headline:
+        e = f", E = {ci(headline['E'])} nats" if "E" in headline else ""
+        lines.append(f"L(N): alpha_N = {ci(headline['alpha_N'])} ({pct}% CI){e}")
+    if "alpha_C" in headline:
+        lines.append(f"L(C) frontier: alpha_C = {ci(headline['alpha_C'])}")
+    if headline.get("a"):
+        parts = [f"{k} a = {ci(v)}" for k, v in headline["a"].items()]
+        lines.append("N_opt ~ C^a: " + "; ".join(parts))
+    for method, ex in headline.get("extrapolation", {}).items():
+        errs = ", ".join(
+            f"{name} (N = {fmt(n)}) {100 * e:+.2f}%"
+            for name, n, e in zip(ex["runs"], ex["N"], ex["relative_error"], strict=True)
+        )
+        lines.append(f"extrapolation with {method}: {errs}")
+    if "alpha_N" not in headline and not headline.get("a"):
+        absent = headline.get("absent", {})
+        why = absent["all"] if "all" in absent else " ".join(absent.values())
+        lines.append("no scaling-law fit: " + why)
+    return lines
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return out
+
+
+def _run_status(run: Run, dropped: set[str]) -> str:
+    if not run.usable:
+        return f"not used ({run.reason})"
+    if run.name in dropped:
+        return f"{run.status or 'ok'} (another run at this (N, D) has lower loss)"
+    return run.status or "ok"
+
+
+def _runs_table(a: ScalingAnalysis) -> list[str]:
+    dropped = {r.name for r in a.dropped_duplicates}
+    header = ["run", "N non-emb.", "N total", "tokens", "C = 6ND", "FLOPs (exact)",
+              "final eval loss", "best eval loss", "wall time (s)", "budget", "status"]
+    rows = []
+    ordered = sorted(a.runs, key=lambda r: (r.n_non_embedding or 0.0, r.tokens or 0.0, r.name))
+    for r in ordered:
+        rows.append([r.name, fmt(r.n_non_embedding), fmt(r.n_params), fmt(r.tokens),
+                     fmt(r.flops_6nd), fmt(r.flops), fmt(r.final_eval_loss, 4),
+                     fmt(r.best_eval_loss, 4), fmt(r.wall_time_s), fmt(r.budget),
+                     _run_status(r, dropped)])
+    return _table(header, rows)
+
+
+def _params_table(params: dict[str, Interval], units: dict[str, str]) -> list[str]:
+    rows = [[k, ci(v, 4), units.get(k, "")] for k, v in params.items()]
+    return _table(["parameter", "estimate [CI]", "meaning"], rows)
+
+
+def _section_loss_vs_n(a: ScalingAnalysis, plots: dict[str, str]) -> list[str]:
+    out = ["## Final loss against model size: L(N)", ""]
+    sec = a.loss_vs_n
+    if sec is None:
+        out.append(a.absent.get("loss_vs_n", "Not fitted."))
+    else:
+        form = "E + (N_c/N)^α_N" if "E" in sec.params else "(N_c/N)^α_N"
+        out.append(
+            f"L(N) = {form} fitted on the final eval loss of {len(sec.x)} model sizes "
+            f"({fmt(sec.x.min())} to {fmt(sec.x.max())} non-embedding parameters)."
+        )
+        out.append("")
+        out += _params_table(sec.params, {
+            "E": "irreducible loss (nats / token)",
+            "x_c": "N_c (parameters)",
+            "alpha": "α_N: loss falls as N^-α_N",
+        })
+        if sec.note:
+            out += ["", f"Note: {sec.note}."]
+    if "loss_vs_params.png" in plots:
+        out += ["", "![final loss against N](loss_vs_params.png)"]
+    return out + [""]
+
+
+def _section_compute(a: ScalingAnalysis, plots: dict[str, str]) -> list[str]:
+    out = ["## Loss against compute: Approach 1 and the frontier", ""]
+    if a.approach1 is None:
+        out.append(a.absent.get("approach1", "Approach 1 not fitted."))
+    else:
+        env = a.approach1
+        out.append(
+            f"Lower envelope of {sum(len(c.tokens) for c in a.curves.values())} eval points from "
+            f"{len(a.curves)} runs: {env.n_points} envelope points in "
+            f"{a.options.envelope_bins} log-spaced compute bins, N_opt ∝ C^a with "
+            f"a = {ci(env.params['a'])}, D_opt ∝ C^b with b = {ci(env.params['b'])}."
+        )
+        if env.note:
+            out += ["", f"Note: {env.note}."]
+    out.append("")
+    if a.frontier is not None:
+        fr = a.frontier
+        form = "E + (C_c/C)^α_C" if "E" in fr.params else "(C_c/C)^α_C"
+        extra = f", E = {ci(fr.params['E'])} nats" if "E" in fr.params else ""
+        out.append(
+            f"Frontier L(C) = {form} fitted on the {len(fr.x)} envelope points: "
+            f"α_C = {ci(fr.params['alpha'])}, C_c = {ci(fr.params['x_c'])} FLOPs{extra}."
+        )
+        if fr.note:
+            out += ["", f"Note: {fr.note}."]
+    elif "frontier" in a.absent:
+        out.append(a.absent["frontier"])
+    if "loss_vs_compute.png" in plots:
+        out += ["", "![loss against compute](loss_vs_compute.png)"]
+    return out + [""]
+
+
+def _section_isoflop(a: ScalingAnalysis, plots: dict[str, str]) -> list[str]:
+    out = ["## Approach 2: IsoFLOP profiles", ""]
+    sec = a.approach2
+    if sec is None:
+        return out + [a.absent.get("approach2", "Not fitted."), ""]
+    fit = sec.fit
+    out.append(
+        f"{sec.n_points} runs in {len(fit.budgets)} FLOP budgets; per budget a parabola of final "
+        f"loss in log N, its minimum is N_opt(C): a = {ci(sec.params['a'])}, "
+        f"b = {ci(sec.params['b'])}."
+    )
+    out.append("")
+    rows = [
+        [fmt(b), str(int(k)), fmt(n), fmt(d), fmt(lv, 4), "yes" if ok else "no (extrapolated)"]
+        for b, k, n, d, lv, ok in zip(fit.budgets, fit.points_per_budget, fit.n_opt_per_budget,
+                                      fit.d_opt_per_budget, fit.loss_opt_per_budget,
+                                      fit.vertex_in_range, strict=True)
+    ]
+    out += _table(["budget C (FLOPs)", "runs", "N_opt", "D_opt (tokens)", "loss at N_opt",
+                   "minimum inside sampled N"], rows)
+    if sec.note:
+        out += ["", f"Note: {sec.note}."]
+    if "isoflop.png" in plots:
+        out += ["", "![isoflop profiles](isoflop.png)"]
+    return out + [""]
+
+
+def _section_approach3(a: ScalingAnalysis) -> list[str]:
+    out = ["## Approach 3: parametric fit L(N, D) = E + A/N^α + B/D^β", ""]
+    sec = a.approach3
+    if sec is None:
+        return out + [a.absent.get("approach3", "Not fitted."), ""]
+    out.append(
+        f"Fitted on {sec.n_points} points: {sec.n_final} final losses and {sec.n_intermediate} "
+        "intermediate eval points (N, D = tokens seen so far, eval loss)."
+    )
+    out.append("")
+    out += _params_table(sec.params, {
+        "E": "irreducible loss (nats / token)",
+        "A": "parameter term coefficient",
+        "B": "data term coefficient",
+        "alpha": "α: exponent of N",
+        "beta": "β: exponent of D",
+        "a": "N_opt ∝ C^a, a = β/(α+β)",
+        "b": "D_opt ∝ C^b, b = α/(α+β)",
+    })
+    out.append("")
+    collinear = sec.corr_final is not None and abs(sec.corr_final) > 0.98
+    if collinear or sec.corr_final is None:
+        r = "" if sec.corr_final is None else f" (log N, log D correlation {sec.corr_final:.4f})"
+        out.append(
+            f"**Identification.** Over the final points alone, N and D move together{r}: a sweep "
+            "at a fixed tokens-per-parameter ratio cannot tell A/N^α from B/D^β, so A, B, α and β "
+            "— and a, b, which depend on α and β — are poorly identified by the final losses. "
+        )
+        if sec.n_intermediate:
+            out[-1] += (
+                "Here they rest on the intermediate eval points, which vary D at fixed N. Those "
+                "points come from runs part-way through their learning-rate schedule; under a "
+                "cosine schedule their loss is biased upward relative to a run trained to that D "
+                "with a matched schedule (Hoffmann et al. used final losses of such runs), which "
+                "biases β. Treat A, B, α, β, a, b as indicative; the iso-FLOP approach or a sweep "
+                "with several token counts per size identifies them properly."
+            )
+        else:
+            out[-1] += "Treat these values as unidentified."
+    elif sec.n_intermediate:
+        out.append(
+            "The final points vary N and D independently; intermediate eval points (from runs "
+            "part-way through their schedule, so biased upward under a cosine schedule) were "
+            "added as well (option approach3_points)."
+        )
+    if sec.note:
+        out += ["", f"Note: {sec.note}."]
+    return out + [""]
+
+
+def _section_allocation(a: ScalingAnalysis) -> list[str]:
+    out = ["## Compute-optimal exponents", ""]
+    secs = a.allocations()
+    if not secs:
+        return out + ["No approach could be fitted: " + " ".join(
+            a.absent.get(k, "") for k in ("approach1", "approach2", "approach3")
+        ), ""]
+    rows = [[s.approach, ci(s.params["a"]), ci(s.params["b"]), str(s.n_points)] for s in secs]
+    out += _table(["approach", "a (N_opt ∝ C^a)", "b (D_opt ∝ C^b)", "points"], rows)
+    out += ["", "For reference, Hoffmann et al. 2022 report a = 0.50 / 0.49 / 0.46 for "
+            "Approaches 1 / 2 / 3; Kaplan et al. 2020 report N_opt ∝ C^0.73."]
+    return out + [""]
+
+
+def _section_extrapolation(a: ScalingAnalysis) -> list[str]:
+    out = ["## Extrapolation check", ""]
+    k = a.options.holdout_largest
+    out.append(
+        f"Each fit is redone without the {k} largest model size(s); the refit predicts their "
+        "final eval loss. Relative error = (predicted − actual) / actual."
+    )
+    rows = []
+    for ex in a.extrapolations:
+        for name, n, act, pred, err in zip(ex.names, ex.N, ex.actual, ex.predicted,
+                                           ex.relative_error, strict=True):
+            rows.append([ex.method, name, fmt(n), fmt(act, 4), fmt(pred, 4), f"{100 * err:+.2f}%",
+                         str(ex.n_train) + (f" ({ex.note})" if ex.note else "")])
+    if rows:
+        header = ["fit", "held-out run", "N", "actual loss", "predicted", "relative error",
+                  "training points"]
+        out += [""] + _table(header, rows)
+    for key in ("extrapolation", "extrapolation_approach3"):
+        if key in a.absent:
+            out += ["", a.absent[key]]
+    return out + [""]
+
+
+def _section_choices(a: ScalingAnalysis) -> list[str]:
+    o = a.options
+    pct = round(100 * o.confidence)
+    grid = GRIDS[o.chinchilla_grid]
+    n_grid = math.prod(len(v) for v in grid.values())
+    compute = (
+        "C = 6·N·D with non-embedding N (column flops_6nd), the convention under which "
+        "D_opt = C / (6 N_opt)" if o.compute == "flops_6nd"
+        else "exact training FLOPs including attention (column flops)"
+    )
+    a3 = (
+        f"final points plus intermediate eval points at ≥ {o.curve_min_fraction:.0%} of each "
+        f"run's tokens (at most {o.curve_points_per_run} per run, evenly spaced)"
+        if o.approach3_points == "curves" else "final points only"
+    )
+    lines = [
+        "## Fit choices",
+        "",
+        "- **N** counts non-embedding parameters (Kaplan et al. 2020); totals are in the run "
+        "table only.",
+        "- **Loss** is the final eval loss (nats per token on the validation split); the best "
+        "eval loss is listed but not fitted.",
+        f"- **Compute**: {compute}.",
+        f"- **One point per (N, D)**: the run with the lowest final eval loss (the best learning "
+        f"rate, as Li et al. 2025 recommend); {len(a.dropped_duplicates)} run(s) dropped this way.",
+        "- **L(N)** uses the runs without a FLOP budget (all runs if every run has one), lowest "
+        "loss per size; E is fitted when there are ≥ 4 sizes.",
+        f"- **Objective**: Huber loss with δ = {o.huber_delta:g} on log-loss residuals, summed "
+        "over points, L-BFGS from many starts, best objective kept (Hoffmann et al. 2022; "
+        "Besiroglu et al. 2024). L(N) starts: 54 (E at fractions of the lowest loss × α from "
+        f"0.05 to 2). Approach 3 starts: the {o.chinchilla_grid} grid, {n_grid} starts "
+        f"(α, β ∈ {list(grid['alpha'])}, e ∈ {list(grid['e'])}, a, b ∈ {list(grid['a'])}).",
+        f"- **Approach 3 points**: {a3}.",
+        f"- **Approach 1**: lowest eval loss per log-spaced compute bin ({o.envelope_bins} bins), "
+        "N_opt and D_opt = C/(6 N_opt) fitted as lines in log-log.",
+        "- **Approach 2**: C is the `budget` column; a parabola in log N per budget; "
+        "D_opt = C / (6 N_opt).",
+        f"- **Uncertainty**: {o.n_boot} bootstrap replicates resampling points with replacement "
+        f"(seed {o.seed}), {pct}% percentile intervals. Curve points of one run are correlated, "
+        "so for Approaches 1 and 3 treating them as independent makes the intervals too narrow.",
+        f"- **Extrapolation**: the {o.holdout_largest} largest size(s) held out.",
+        "",
+    ]
+    return lines
+
+
+def _section_failed(a: ScalingAnalysis) -> list[str]:
+    failed = a.failed
+    out = ["## Failed or unused runs", ""]
+    if not failed:
+        return out + ["None: every run finished with a final eval loss.", ""]
+    rows = [[r.name or "(no name)", r.status, r.reason] for r in failed]
+    return out + _table(["run", "status", "why it is not used"], rows) + [""]
+
+
+def render_markdown(
+    analysis: ScalingAnalysis, plots: dict[str, str], *, title: str = "Scaling report"
+) -> str:
+    """The whole report.md; `plots` maps PNG file names (next to report.md) to paths."""
+    a = analysis
+    out = [f"# {title}", "", "## Headline", ""]
+    out += [f"- {line}" for line in headline_lines(a.headline())]
+    out.append("")
+    if "all" in a.absent:
+        out += [a.absent["all"], ""]
+    out += _section_loss_vs_n(a, plots)
+    out += _section_compute(a, plots)
+    out += _section_isoflop(a, plots)
+    out += _section_approach3(a)
+    out += _section_allocation(a)
+    if "nopt_vs_compute.png" in plots:
+        out += ["![compute-optimal N against C](nopt_vs_compute.png)", ""]
+    out += _section_extrapolation(a)
+    out += ["## Runs", ""] + _runs_table(a) + [""]
+    out += _section_failed(a)
+    out += _section_choices(a)
+    return "\n".join(out)
