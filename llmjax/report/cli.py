@@ -94,9 +94,34 @@ def _collect_if_needed(workdir: str, results_path: str) -> None:
     collect = getattr(sweep_results, "collect_results", None)
     if collect is None:
         raise UserError(hint)
-    collect(workdir)
+    collected = collect(workdir)  # (rows, curves)
     if not os.path.isfile(results_path):
-        raise UserError(hint)
+        write = getattr(sweep_results, "write_results", None)
+        if write is not None:
+            write(workdir, collected)
+        else:
+            rows, curves = collected
+            _write_csv(results_path, rows)
+            if curves:
+                _write_csv(os.path.join(workdir, "curves.csv"), curves)
+    print(f"collected {workdir}/runs into {results_path}")
+
+
+def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
+    """Rows (dicts) as CSV with the union of their keys as columns; None as an empty cell."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
+
+
+def _blank(path: str) -> bool:
+    """True for an empty or whitespace-only file (an optional table that was never filled)."""
+    if os.path.getsize(path) > 4096:
+        return False
+    with open(path, "rb") as f:
+        return not f.read().strip()
 
 
 def load_tables(workdir: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
@@ -111,7 +136,7 @@ def load_tables(workdir: str) -> tuple[list[dict[str, str]], list[dict[str, str]
         raise UserError(f"{results_path} has a header but no runs")
     curves_path = os.path.join(workdir, "curves.csv")
     curves: list[dict[str, str]] = []
-    if os.path.exists(curves_path) and os.path.getsize(curves_path) > 0:
+    if os.path.exists(curves_path) and not _blank(curves_path):
         curves = read_table(curves_path, CURVES_REQUIRED, CURVES_NUMERIC)
     return rows, curves
 
