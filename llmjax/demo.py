@@ -1,0 +1,98 @@
+"""`make demo`: the main job, end to end, on the embedded synthetic data.
+
+    python -m llmjax.demo --workdir=demo [--config=experiments/configs/scaling_demo.py] [--parallel=2]
+
+1. build the `synthetic` dataset (seconds; a no-op when already built);
+2. run the model-size sweep of `--config` (each point its own `llmjax train` subprocess; finished
+   points are skipped, so rerunning after an interruption resumes);
+3. probe every finished run for in-context abilities (`llmjax probe`, when the config declares evals);
+4. gather the runs into results.csv / curves.csv (`llmjax results`);
+5. fit the scaling laws and write the report (`llmjax report`), then print where it is and its
+   headline numbers.
+
+Each step is the same command a researcher would type, run as a subprocess, so the demo is also
+a worked example of the CLI. The data directory is $TFDS_DATA_DIR when set, else WORKDIR/data, so
+the demo never writes outside its workdir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "experiments", "configs", "scaling_demo.py",
+)
+
+
+def _step(title: str, argv: list[str], env: dict[str, str]) -> float:
+    """Runs `llmjax <argv>` in a subprocess, streaming its output; exits on failure."""
+    print(f"\n=== {title}: llmjax {' '.join(argv)}", flush=True)
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "llmjax", *argv], env=env)
+    if proc.returncode != 0:
+        print(f"demo: step '{title}' failed (exit {proc.returncode}); rerun `make demo` to "
+              "resume — finished runs are kept", file=sys.stderr)
+        sys.exit(proc.returncode)
+    return time.time() - start
+
+
+def _finished_runs(workdir: str) -> list[str]:
+    runs_dir = os.path.join(workdir, "runs")
+    out = []
+    for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
+        status_path = os.path.join(runs_dir, name, "status.json")
+        try:
+            with open(status_path) as f:
+                if json.load(f).get("status") == "complete":
+                    out.append(os.path.join(runs_dir, name))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmjax.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", default="demo")
+    parser.add_argument("--config", default=DEFAULT_CONFIG)
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--skip_probes", action="store_true")
+    args = parser.parse_args(argv)
+
+    workdir = os.path.abspath(args.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("TFDS_DATA_DIR", os.path.join(workdir, "data"))
+    start = time.time()
+    timings = {}
+
+    timings["data"] = _step("1/5 data", ["data", "prepare", "--dataset=synthetic"], env)
+    timings["sweep"] = _step(
+        "2/5 sweep",
+        ["sweep", f"--config={args.config}", f"--workdir={workdir}", f"--parallel={args.parallel}"],
+        env,
+    )
+    from llmjax.cli import COMMANDS
+
+    if "probe" in COMMANDS and not args.skip_probes:
+        timings["probes"] = 0.0
+        for run in _finished_runs(workdir):
+            timings["probes"] += _step(f"3/5 probes ({os.path.basename(run)})",
+                                       ["probe", f"--workdir={run}"], env)
+    timings["results"] = _step("4/5 results", ["results", f"--workdir={workdir}"], env)
+    timings["report"] = _step("5/5 report", ["report", f"--workdir={workdir}"], env)
+
+    total = time.time() - start
+    print("\n=== demo finished in {:.1f} min ({})".format(
+        total / 60, ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())))
+    print(f"report: {os.path.join(workdir, 'report', 'report.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
