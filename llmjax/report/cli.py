@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -210,24 +211,24 @@ def write_report(
         "fits": _fits_dict(analysis),
     }
     with open(report_json, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2, allow_nan=False, default=_json_default)
+        json.dump(_jsonable(payload), f, indent=2, allow_nan=False)
     return ReportResult(out_dir, report_md, report_json, plots, headline,
                         time.perf_counter() - start)
 
 
-def _json_default(x: Any) -> Any:
-    """numpy scalars/arrays in fit dicts; non-finite floats become None (strict JSON)."""
+def _jsonable(x: Any) -> Any:
+    """Strict-JSON copy: numpy scalars/arrays to Python, non-finite floats to None."""
     import numpy as np
 
-    if isinstance(x, np.ndarray):
-        return [_json_default(v) for v in x.tolist()]
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple | np.ndarray):
+        return [_jsonable(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
     if isinstance(x, np.generic):
         x = x.item()
-    if isinstance(x, float) and not np.isfinite(x):
+    if isinstance(x, float) and not math.isfinite(x):
         return None
-    if isinstance(x, int | float | str | bool) or x is None:
-        return x
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+    return x
 
 
 class _Parser(argparse.ArgumentParser):

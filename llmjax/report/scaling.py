@@ -776,6 +776,19 @@ def _extrapolations(
     return out
 
 
+def _guarded(piece: str, absent: dict, fallback, fn, *args):
+    """fn(*args); a numerical failure inside one fit leaves that fit absent, not the report.
+
+    UserError is expected input trouble; LinAlgError / FloatingPointError / ValueError come from
+    degenerate data reaching numpy (a singular polyfit, say).
+    """
+    try:
+        return fn(*args)
+    except (UserError, np.linalg.LinAlgError, FloatingPointError, ValueError) as e:
+        absent[piece] = f"{piece} failed: {type(e).__name__}: {e}."
+        return fallback
+
+
 def analyze(
     rows: Iterable[Mapping[str, Any]],
     curves: Iterable[Mapping[str, Any]] = (),
@@ -805,11 +818,16 @@ def analyze(
     absent: dict[str, str] = {}
     if not used:
         absent["all"] = f"No usable runs: {len(runs)} row(s), none finished with a final eval loss."
-    loss_vs_n = _loss_vs_n(used, opts, absent)
-    approach1, frontier = _approach1(curve_map, opts, absent)
-    approach2 = _approach2(used, opts, absent)
-    approach3 = _approach3(used, curve_map, opts, absent)
-    extrapolations = _extrapolations(loss_vs_n, used, curve_map, opts, absent, approach3)
+    loss_vs_n = _guarded("loss_vs_n", absent, None, _loss_vs_n, used, opts, absent)
+    approach1, frontier = _guarded(
+        "approach1", absent, (None, None), _approach1, curve_map, opts, absent
+    )
+    approach2 = _guarded("approach2", absent, None, _approach2, used, opts, absent)
+    approach3 = _guarded("approach3", absent, None, _approach3, used, curve_map, opts, absent)
+    extrapolations = _guarded(
+        "extrapolation", absent, [], _extrapolations, loss_vs_n, used, curve_map, opts, absent,
+        approach3,
+    )
     return ScalingAnalysis(
         options=opts,
         runs=runs,
