@@ -1,15 +1,16 @@
 """ModelConfig: every knob of the decoder-only transformer, validated once; the parametrization.
 
 The parametrization section at the bottom is the ONE place that decides init scales, the attention
-logit scale and the output logit multiplier; the forward pass only calls those functions, so a
-later parametrization (muP) is added here without touching `transformer.py`.
+logit scale, the output logit multiplier and the per-parameter Adam learning-rate multipliers; the
+forward pass and the optimizer only call those functions. 'sp' is GPT-2's standard
+parametrization, 'mup' the maximal update parametrization (Yang et al. 2022, Tensor Programs V).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -21,7 +22,7 @@ NORMS = ("rmsnorm", "layernorm")
 MLPS = ("gelu", "swiglu", "none")
 REMATS = ("none", "full", "dots")
 ATTENTIONS = ("fused", "reference")
-PARAMETRIZATIONS = ("sp",)
+PARAMETRIZATIONS = ("sp", "mup")
 DTYPES = ("float32", "bfloat16", "float16")
 
 # Default SwiGLU hidden width is rounded up to this multiple (keeps matmuls and sharding even).
@@ -35,6 +36,14 @@ class ModelConfig:
     n_kv_heads=None means n_kv_heads = n_heads (plain multi-head attention); fewer kv heads give
     grouped-query attention. d_ff=None means 4*d_model for gelu, and 8/3*d_model rounded up to a
     multiple of 32 for swiglu (same parameter count as gelu's 4*d_model); ignored for mlp='none'.
+
+    muP fields (used only with parametrization='mup'; see the parametrization section):
+    mup_base_d_model is the base width, at which muP equals 'sp' (required for 'mup'; set it to
+    the same value, e.g. the sweep's smallest d_model, in every run of a sweep).
+    mup_base_d_head is the head_dim of that base model (None: mup_base_d_model // n_heads, right
+    when n_heads is fixed across the sweep; set it when the sweep scales n_heads instead).
+    mup_zero_init zero-initialises the query projection and the untied readout (TP5's advice;
+    off keeps muP identical to 'sp' at the base width).
     """
 
     vocab_size: int = 256
@@ -57,6 +66,9 @@ class ModelConfig:
     attention: str = "fused"
     parametrization: str = "sp"
     init_std: float = 0.02
+    mup_base_d_model: int | None = None
+    mup_base_d_head: int | None = None
+    mup_zero_init: bool = False
     rope_theta: float = 10000.0
 
     def __post_init__(self) -> None:
@@ -153,7 +165,7 @@ def _validate(c: ModelConfig) -> None:
         value = getattr(c, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise UserError(f"model.{name}: must be a positive integer, got {value!r}")
-    for name in ("n_kv_heads", "d_ff"):
+    for name in ("n_kv_heads", "d_ff", "mup_base_d_model", "mup_base_d_head"):
         value = getattr(c, name)
         if value is not None and (
             not isinstance(value, int) or isinstance(value, bool) or value <= 0
@@ -173,7 +185,7 @@ def _validate(c: ModelConfig) -> None:
         value = getattr(c, name)
         if value not in allowed:
             raise UserError(f"model.{name}: {value!r} is not one of {', '.join(allowed)}")
-    for name in ("tie_embeddings", "scan_layers"):
+    for name in ("tie_embeddings", "scan_layers", "mup_zero_init"):
         if not isinstance(getattr(c, name), bool):
             raise UserError(f"model.{name}: expected true/false, got {getattr(c, name)!r}")
     if c.d_model % c.n_heads:
@@ -189,46 +201,132 @@ def _validate(c: ModelConfig) -> None:
         )
     if not 0.0 <= c.dropout < 1.0:
         raise UserError(f"model.dropout: must be in [0, 1), got {c.dropout!r}")
+    if c.parametrization == "mup" and c.mup_base_d_model is None:
+        raise UserError(
+            "model.mup_base_d_model: required when model.parametrization='mup' (the width at "
+            "which muP equals sp, e.g. the smallest d_model of the sweep)"
+        )
+    if c.parametrization == "mup" and c.mup_base_d_head is None and c.mup_base_d_model % c.n_heads:
+        raise UserError(
+            f"model.mup_base_d_head: mup_base_d_model={c.mup_base_d_model} is not divisible by "
+            f"model.n_heads={c.n_heads}; set the base head_dim explicitly"
+        )
     for name in ("init_std", "rope_theta", "norm_eps"):
         value = getattr(c, name)
         if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
             raise UserError(f"model.{name}: must be a positive number, got {value!r}")
 
 
-# ---- parametrization: the ONE place for init scales and logit multipliers ---------------------
+# ---- parametrization: the ONE place for init scales, logit multipliers and lr multipliers -------
+#
+# 'mup' (Tensor Programs V, Table 3 for Adam, in the form "relative to a base width"): with width
+# ratio m = d_model / mup_base_d_model,
+#   input-like  (embed, pos_embed, norm scales/biases)     init as sp      Adam lr  eta
+#   hidden      (wq wk wv wo, w_up w_gate w_down)          std / sqrt(m)   Adam lr  eta / m
+#   readout     (unembed, or the tied embedding)           init as sp      Adam lr  eta, logits / m
+#   attention   q.k * sqrt(base_head_dim) / head_dim  (1/head_dim scaling, = sp at the base)
+# The readout uses the "output multiplier" form (width-independent init, logits times 1/m, lr eta),
+# which is equivalent to 1/fan_in^2 init with lr eta/m, and agrees with the input-like rule, so a
+# tied embedding is both at once (mup's MuSharedReadout). Every hidden dimension (d_ff,
+# n_heads * head_dim) is taken to grow in proportion to d_model, so one ratio m serves all
+# hidden matrices. At m = 1 (and mup_zero_init off) 'mup' is exactly 'sp'.
 
-PARAM_ROLES = ("embed", "pos_embed", "in", "out", "unembed", "norm")
+PARAM_ROLES = ("embed", "pos_embed", "query", "in", "out", "unembed", "norm")
+
+# Parameter name (last path component in transformer.py) -> role.
+PARAM_ROLE_BY_NAME = {
+    "embed": "embed",
+    "pos_embed": "pos_embed",
+    "unembed": "unembed",
+    "wq": "query",
+    "wk": "in",
+    "wv": "in",
+    "w_gate": "in",
+    "w_up": "in",
+    "wo": "out",
+    "w_down": "out",
+    "scale": "norm",
+    "bias": "norm",
+}
 
 
-def init_std(cfg: ModelConfig, role: str) -> float:
-    """Standard deviation of the normal init for a parameter with this role.
+def param_role(path: Sequence[Any]) -> str:
+    """The role of a model parameter from its path, e.g. ('blocks', 0, 'attn', 'wq') -> 'query'."""
+    name = str(path[-1]) if path else ""
+    if name not in PARAM_ROLE_BY_NAME:
+        raise ValueError(f"parameter {'/'.join(map(str, path))!r} has no parametrization role")
+    return PARAM_ROLE_BY_NAME[name]
 
-    Roles: 'embed' token embedding [vocab, d_model]; 'pos_embed' learned positions;
-    'in' matrices reading the residual stream (q, k, v, MLP up/gate); 'out' matrices writing to it
-    (attention output, MLP down); 'unembed' untied output matrix [d_model, vocab].
-    'sp' (GPT-2): everything N(0, init_std); 'out' shrunk by 1/sqrt(number of residual branches)
-    = 1/sqrt(2*n_layers) (1/sqrt(n_layers) when mlp='none'), so the residual stream's variance
-    at init does not grow with depth. 'norm' is not random (scales are ones, biases zeros).
-    """
-    if role not in PARAM_ROLES:
-        raise ValueError(f"unknown parameter role {role!r}")
+
+def width_multiplier(cfg: ModelConfig) -> float:
+    """m = d_model / mup_base_d_model under 'mup' (1 under 'sp')."""
     if cfg.parametrization == "sp":
-        if role == "out":
-            branches = cfg.n_layers * (1 if cfg.mlp == "none" else 2)
-            return cfg.init_std / math.sqrt(branches)
-        return cfg.init_std
+        return 1.0
+    if cfg.parametrization == "mup":
+        return cfg.d_model / cfg.mup_base_d_model
     raise ValueError(f"unknown parametrization {cfg.parametrization!r}")
 
 
+def init_std(cfg: ModelConfig, role: str) -> float:
+    """Standard deviation of the normal init for a parameter with this role (0 = zeros).
+
+    Roles: 'embed' token embedding [vocab, d_model]; 'pos_embed' learned positions;
+    'query' the query projection; 'in' other matrices reading the residual stream (k, v, MLP
+    up/gate); 'out' matrices writing to it (attention output, MLP down); 'unembed' untied output
+    matrix [d_model, vocab]. 'norm' is not random (scales are ones, biases zeros).
+    'sp' (GPT-2): everything N(0, init_std); 'out' shrunk by 1/sqrt(number of residual branches)
+    = 1/sqrt(2*n_layers) (1/sqrt(n_layers) when mlp='none'), so the residual stream's variance
+    at init does not grow with depth.
+    'mup': as 'sp', with hidden matrices ('query', 'in', 'out') shrunk by 1/sqrt(m) (variance
+    proportional to 1/fan_in); with mup_zero_init, 'query' and 'unembed' are 0.
+    """
+    if role not in PARAM_ROLES:
+        raise ValueError(f"unknown parameter role {role!r}")
+    m = width_multiplier(cfg)
+    if cfg.parametrization == "mup" and cfg.mup_zero_init and role in ("query", "unembed"):
+        return 0.0
+    if role in ("query", "in", "out"):
+        std = cfg.init_std / math.sqrt(m)
+        if role == "out":
+            branches = cfg.n_layers * (1 if cfg.mlp == "none" else 2)
+            std /= math.sqrt(branches)
+        return std
+    return cfg.init_std
+
+
+def base_head_dim(cfg: ModelConfig) -> int:
+    """head_dim of the muP base model: mup_base_d_head, else mup_base_d_model // n_heads."""
+    if cfg.mup_base_d_head is not None:
+        return cfg.mup_base_d_head
+    return cfg.mup_base_d_model // cfg.n_heads
+
+
 def attention_scale(cfg: ModelConfig) -> float:
-    """Multiplier on q.k logits: 1/sqrt(head_dim) in 'sp' (muP would use 1/head_dim)."""
+    """Multiplier on q.k logits: 1/sqrt(head_dim) in 'sp'; sqrt(base_head_dim)/head_dim in 'mup'.
+
+    muP's 1/head_dim scaling, with the constant chosen so it equals 'sp' at the base head_dim
+    (written as sp's scale times sqrt(base/head_dim), so that it is bitwise sp's there).
+    """
     if cfg.parametrization == "sp":
         return 1.0 / math.sqrt(cfg.head_dim)
+    if cfg.parametrization == "mup":
+        return 1.0 / math.sqrt(cfg.head_dim) * math.sqrt(base_head_dim(cfg) / cfg.head_dim)
     raise ValueError(f"unknown parametrization {cfg.parametrization!r}")
 
 
 def logit_multiplier(cfg: ModelConfig) -> float:
-    """Multiplier on the output logits: 1 in 'sp' (muP would use base_width/d_model)."""
-    if cfg.parametrization == "sp":
-        return 1.0
-    raise ValueError(f"unknown parametrization {cfg.parametrization!r}")
+    """Multiplier on the output logits: 1 in 'sp'; 1/m = mup_base_d_model/d_model in 'mup'."""
+    return 1.0 / width_multiplier(cfg)
+
+
+def lr_multiplier(cfg: ModelConfig, role: str) -> float:
+    """Factor on the Adam learning rate of a parameter with this role.
+
+    'sp': 1 everywhere. 'mup': 1/m for hidden matrices ('query', 'in', 'out'); 1 for input-like
+    parameters and the readout (output multiplier form).
+    """
+    if role not in PARAM_ROLES:
+        raise ValueError(f"unknown parameter role {role!r}")
+    if role in ("query", "in", "out"):
+        return 1.0 / width_multiplier(cfg)
+    return 1.0

@@ -6,10 +6,11 @@
                             x = x + MLP(Norm(x))                 (skipped for mlp='none')
       -> final Norm -> unembedding (tied: embedding transposed)  logits: [batch, seq, vocab] float32
 
-Attention is softmax(Q Kᵀ · scale) V with a causal mask, scale = 1/sqrt(head_dim) in 'sp'
-(see config.attention_scale). The 'fused' path calls jax.nn.dot_product_attention (a fused kernel
-on GPU); `reference_attention` is the same math written out, used for tests and whenever attention
-weights are captured.
+Attention is softmax(Q Kᵀ · scale) V with a causal mask, scale = 1/sqrt(head_dim) in 'sp' and
+sqrt(base_head_dim)/head_dim in 'mup' (see config.attention_scale; init scales and the logit
+multiplier also come from llmjax/model/config.py). The 'fused' path calls
+jax.nn.dot_product_attention (a fused kernel on GPU); `reference_attention` is the same math
+written out, used for tests and whenever attention weights are captured.
 
 dtype policy: parameters are stored in cfg.param_dtype, cast to cfg.compute_dtype where used;
 norms, softmax and logits are computed in float32.
@@ -128,7 +129,8 @@ class Attention(nnx.Module):
             cfg.param_jnp_dtype,
         )
         std_in, std_out = init_std(cfg, "in"), init_std(cfg, "out")
-        self.wq = _param(rngs.params(), (d, h, dh), std_in, ("embed", "heads", "head_dim"), dtype)
+        std_q = init_std(cfg, "query")  # = std_in, except muP's optional zero-init query
+        self.wq = _param(rngs.params(), (d, h, dh), std_q, ("embed", "heads", "head_dim"), dtype)
         self.wk = _param(
             rngs.params(), (d, kv, dh), std_in, ("embed", "kv_heads", "head_dim"), dtype
         )
