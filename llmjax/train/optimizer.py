@@ -1,4 +1,5 @@
-"""AdamW: warmup + cosine/linear/constant decay, global-norm clipping, a weight-decay mask."""
+"""AdamW: warmup + cosine/linear/constant decay, global-norm clipping, a weight-decay mask, and
+per-parameter learning-rate multipliers (muP: hidden matrices get eta * base_width / width)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+
+from llmjax.model.config import ModelConfig, lr_multiplier, param_role
 
 # Path components that mark an embedding table (token / position embeddings, untied unembedding).
 EMBEDDING_NAMES = ("embed", "wte", "wpe", "lm_head", "unembed", "embedding")
@@ -89,13 +92,50 @@ def weight_decay_mask(params: Any, decay_embeddings: bool = False) -> Any:
     return jax.tree_util.tree_map_with_path(decide, params, is_leaf=is_var)
 
 
-def make_optimizer(opt: Mapping[str, Any], total_steps: int, decay_mask: Any = None
+def lr_multiplier_tree(params: Any, model_cfg: ModelConfig) -> Any:
+    """Pytree of floats like `params` (nnx Variables or arrays -> floats): each parameter's factor
+    on the learning rate, `llmjax.model.config.lr_multiplier` of the role its path name gives.
+
+    All 1.0 under parametrization 'sp'; under 'mup' base_d_model/d_model for hidden matrices.
+    """
+
+    def decide(path: tuple, leaf: Any) -> float:
+        return lr_multiplier(model_cfg, param_role(_path_names(path)))
+
+    is_var = lambda x: hasattr(x, "get_metadata")
+    return jax.tree_util.tree_map_with_path(decide, params, is_leaf=is_var)
+
+
+def scale_by_lr_multipliers(multipliers: Any) -> optax.GradientTransformation:
+    """Multiply each parameter's update by its entry of `multipliers` (a float pytree like the
+    params); stateless, so the optimizer state has the same arrays with or without it."""
+
+    def init(params: Any) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, Any]:
+        del params
+        return jax.tree.map(lambda u, m: u * m, updates, multipliers), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(opt: Mapping[str, Any], total_steps: int, decay_mask: Any = None,
+                   lr_multipliers: Any = None
                    ) -> tuple[optax.GradientTransformation, Callable[[jax.Array], jax.Array]]:
     """(optax AdamW chain, lr schedule) from the `optimizer` config section.
 
-    Chain: clip_by_global_norm(grad_clip) (if > 0) -> adam moments -> decoupled weight decay on
+    Chain: clip_by_global_norm(grad_clip) (if > 0) -> adam moments -> per-parameter lr
+    multipliers (`lr_multipliers`, a float pytree like the params, e.g. `lr_multiplier_tree`;
+    skipped when None or all 1, so 'sp' runs are unchanged) -> decoupled weight decay on
     `decay_mask` (a bool pytree like the params; default: `weight_decay_mask` of the params,
     judged by ndim) -> scale by -lr(step).
+
+    The multipliers scale the Adam step only, not the decay: a parameter shrinks by
+    lr(step) * weight_decay per step whatever its multiplier, so the decay's relative pull (and
+    its timescale) is the same at every width. This is the mup library's MuAdamW convention
+    (it multiplies weight_decay by width/base_width when it divides lr by it).
     """
     schedule = learning_rate_schedule(opt, total_steps)
     parts = []
@@ -103,6 +143,8 @@ def make_optimizer(opt: Mapping[str, Any], total_steps: int, decay_mask: Any = N
         parts.append(optax.clip_by_global_norm(float(opt["grad_clip"])))
     parts.append(optax.scale_by_adam(b1=float(opt["b1"]), b2=float(opt["b2"]),
                                      eps=float(opt["eps"])))
+    if lr_multipliers is not None and any(m != 1.0 for m in jax.tree.leaves(lr_multipliers)):
+        parts.append(scale_by_lr_multipliers(lr_multipliers))
     if float(opt["weight_decay"]) > 0:
         if decay_mask is None:
             decay_embeddings = bool(opt["decay_embeddings"])
