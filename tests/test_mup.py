@@ -43,7 +43,7 @@ _spec.loader.exec_module(cc)
 SMALL = ModelConfig(d_model=32, vocab_size=259, n_layers=2, n_heads=4, max_seq_len=16)
 WIDE = ModelConfig(d_model=128, vocab_size=259, n_layers=2, n_heads=4, max_seq_len=16,
                    tie_embeddings=False, positions="learned", norm="layernorm", mlp="swiglu",
-                   parametrization="mup", mup_base_d_model=32)
+                   parametrization="mup", mup_base_d_model=32, mup_base_d_head=8)
 HIDDEN = {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"}
 
 
@@ -60,7 +60,8 @@ def _flat(tree) -> dict[str, object]:
 
 def test_parametrization_functions_on_known_shapes():
     sp = ModelConfig(d_model=256, n_heads=4, n_layers=2)  # head_dim 64
-    mup = dataclasses.replace(sp, parametrization="mup", mup_base_d_model=64)  # m = 4, base dh 16
+    # Width 64 -> 256 with 4 heads: m = 4, head_dim 16 -> 64.
+    mup = dataclasses.replace(sp, parametrization="mup", mup_base_d_model=64, mup_base_d_head=16)
     assert attention_scale(sp) == 1 / 8
     assert attention_scale(mup) == pytest.approx(math.sqrt(16) / 64)  # = 1/16, muP's 1/d_head
     assert logit_multiplier(sp) == 1.0 and logit_multiplier(mup) == 0.25
@@ -77,9 +78,9 @@ def test_parametrization_functions_on_known_shapes():
     zero = dataclasses.replace(mup, mup_zero_init=True)
     assert init_std(zero, "query") == 0.0 and init_std(zero, "unembed") == 0.0
     assert init_std(zero, "in") == pytest.approx(0.01)
-    # The sweep scales n_heads at fixed head_dim 64: the base head_dim must be given, and then
-    # the scale is 1/sqrt(64) at every width (1/head_dim times a constant).
-    fixed_dh = dataclasses.replace(mup, n_heads=4, mup_base_d_head=64)
+    # A sweep that scales n_heads at fixed head_dim 64: base head_dim 64, and the scale is
+    # 1/sqrt(64) at every width (1/head_dim times a constant).
+    fixed_dh = dataclasses.replace(mup, mup_base_d_head=64)
     assert attention_scale(fixed_dh) == 1 / 8
     assert attention_scale(dataclasses.replace(fixed_dh, d_model=1024, n_heads=16)) == 1 / 8
 
@@ -96,7 +97,7 @@ def test_lr_multipliers_and_init_stds_on_the_real_model(scan_layers):
     assert names == HIDDEN | {"embed", "pos_embed", "unembed", "scale", "bias"}
     for key, m in mults.items():
         assert m == (0.25 if key.split("/")[-1] in HIDDEN else 1.0), key
-    sp_cfg = dataclasses.replace(cfg, parametrization="sp", mup_base_d_model=None)
+    sp_cfg = dataclasses.replace(cfg, parametrization="sp")
     assert set(jax.tree.leaves(lr_multiplier_tree(params, sp_cfg))) == {1.0}
 
     # Measured init stds: 0.02 * sqrt(32/128) for readers, / sqrt(4 branches) more for writers.
@@ -190,7 +191,7 @@ def test_sp_training_is_unchanged_by_the_multiplier_path():
 def test_mup_at_its_base_width_is_sp():
     """Same init, same logits, same optimizer when d_model == mup_base_d_model."""
     sp = SMALL  # head_dim 8: sqrt(8)/8 != 1/sqrt(8) in floats, the scale must still match
-    mup = dataclasses.replace(sp, parametrization="mup", mup_base_d_model=32)
+    mup = dataclasses.replace(sp, parametrization="mup", mup_base_d_model=32, mup_base_d_head=8)
     tokens = cc.fixed_batch(2, 16, 1)["inputs"]
     models = [Transformer(c, rngs=nnx.Rngs(3)) for c in (sp, mup)]
     p_sp, p_mup = (nnx.to_pure_dict(nnx.state(m, nnx.Param)) for m in models)
@@ -210,22 +211,27 @@ def test_config_validation():
     with pytest.raises(UserError, match="model.mup_base_d_model: required"):
         ModelConfig(parametrization="mup")
     with pytest.raises(UserError, match="model.mup_base_d_model: must be a positive"):
-        ModelConfig(parametrization="mup", mup_base_d_model=0)
-    with pytest.raises(UserError, match="model.mup_base_d_head"):
-        ModelConfig(parametrization="mup", mup_base_d_model=66, n_heads=4)
-    ModelConfig(parametrization="mup", mup_base_d_model=66, n_heads=4, mup_base_d_head=16)
+        ModelConfig(parametrization="mup", mup_base_d_model=0, mup_base_d_head=16)
+    with pytest.raises(UserError, match="model.mup_base_d_head: required"):
+        ModelConfig(parametrization="mup", mup_base_d_model=64)
+    with pytest.raises(UserError, match="model.mup_base_d_head: must be a positive"):
+        ModelConfig(parametrization="mup", mup_base_d_model=64, mup_base_d_head=-16)
+    ModelConfig(parametrization="mup", mup_base_d_model=64, mup_base_d_head=16)
+    ModelConfig(mup_base_d_model=64)  # allowed, and ignored, under sp
     with pytest.raises(UserError, match="model.parametrization: 'umup' is not one of sp, mup"):
         ModelConfig(parametrization="umup")
     with pytest.raises(UserError, match="model.mup_zero_init: expected true/false"):
         ModelConfig.from_dict({"mup_zero_init": 1})
-    # Through the experiment config: the keys exist, and a forgotten base width is one line.
+    # Through the experiment config: the keys exist, and a forgotten base shape is one line.
     config = load_config(TINY, ["model.parametrization=mup"])
     with pytest.raises(UserError, match="model.mup_base_d_model: required"):
         validate(config, 1)
+    config = load_config(TINY, ["model.parametrization=mup", "model.mup_base_d_model=32"])
+    with pytest.raises(UserError, match="model.mup_base_d_head: required"):
+        validate(config, 1)
     config = load_config(TINY, ["model.parametrization=mup", "model.mup_base_d_model=32",
-                                "model.mup_zero_init=True"])
+                                "model.mup_base_d_head=8", "model.mup_zero_init=True"])
     validate(config, 1)
-    assert config.model.mup_base_d_head is None
 
 
 # ---------------------------------------------------------------------------- coordinate check

@@ -65,11 +65,14 @@ def _captured_path_to_name(path: tuple) -> str | None:
 
 def make_config(parametrization: str, width: int, base_width: int, *, n_layers: int = 2,
                 n_heads: int = 4, seq_len: int = 32, **overrides) -> ModelConfig:
-    """The coordinate-check model at one width (layers unrolled so each is captured by name)."""
+    """The coordinate-check model at one width (layers unrolled so each is captured by name).
+
+    n_heads is fixed, so head_dim grows with width and the base head_dim is base_width/n_heads.
+    """
     return ModelConfig(
         vocab_size=VOCAB, d_model=width, n_layers=n_layers, n_heads=n_heads, max_seq_len=seq_len,
-        scan_layers=False, parametrization=parametrization,
-        mup_base_d_model=base_width if parametrization == "mup" else None, **overrides)
+        scan_layers=False, parametrization=parametrization, mup_base_d_model=base_width,
+        mup_base_d_head=base_width // n_heads, **overrides)
 
 
 def fixed_batch(batch: int, seq_len: int, seed: int) -> dict[str, jax.Array]:

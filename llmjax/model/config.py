@@ -38,10 +38,10 @@ class ModelConfig:
     multiple of 32 for swiglu (same parameter count as gelu's 4*d_model); ignored for mlp='none'.
 
     muP fields (used only with parametrization='mup'; see the parametrization section):
-    mup_base_d_model is the base width, at which muP equals 'sp' (required for 'mup'; set it to
-    the same value, e.g. the sweep's smallest d_model, in every run of a sweep).
-    mup_base_d_head is the head_dim of that base model (None: mup_base_d_model // n_heads, right
-    when n_heads is fixed across the sweep; set it when the sweep scales n_heads instead).
+    mup_base_d_model and mup_base_d_head are the base model's d_model and head_dim, at which
+    muP equals 'sp' (both required for 'mup'; the same values, e.g. the sweep's smallest model,
+    in every run of a sweep). mup_base_d_head = head_dim when the sweep keeps head_dim fixed
+    (and scales n_heads); = mup_base_d_model / n_heads when it keeps n_heads fixed.
     mup_zero_init zero-initialises the query projection and the untied readout (TP5's advice;
     off keeps muP identical to 'sp' at the base width).
     """
@@ -206,10 +206,10 @@ def _validate(c: ModelConfig) -> None:
             "model.mup_base_d_model: required when model.parametrization='mup' (the width at "
             "which muP equals sp, e.g. the smallest d_model of the sweep)"
         )
-    if c.parametrization == "mup" and c.mup_base_d_head is None and c.mup_base_d_model % c.n_heads:
+    if c.parametrization == "mup" and c.mup_base_d_head is None:
         raise UserError(
-            f"model.mup_base_d_head: mup_base_d_model={c.mup_base_d_model} is not divisible by "
-            f"model.n_heads={c.n_heads}; set the base head_dim explicitly"
+            "model.mup_base_d_head: required when model.parametrization='mup' (the base model's "
+            "head_dim; = head_dim if the sweep keeps head_dim fixed)"
         )
     for name in ("init_std", "rope_theta", "norm_eps"):
         value = getattr(c, name)
@@ -224,12 +224,14 @@ def _validate(c: ModelConfig) -> None:
 #   input-like  (embed, pos_embed, norm scales/biases)     init as sp      Adam lr  eta
 #   hidden      (wq wk wv wo, w_up w_gate w_down)          std / sqrt(m)   Adam lr  eta / m
 #   readout     (unembed, or the tied embedding)           init as sp      Adam lr  eta, logits / m
-#   attention   q.k * sqrt(base_head_dim) / head_dim  (1/head_dim scaling, = sp at the base)
+#   attention   q.k * sqrt(mup_base_d_head) / head_dim  (1/head_dim scaling, = sp at the base)
 # The readout uses the "output multiplier" form (width-independent init, logits times 1/m, lr eta),
 # which is equivalent to 1/fan_in^2 init with lr eta/m, and agrees with the input-like rule, so a
 # tied embedding is both at once (mup's MuSharedReadout). Every hidden dimension (d_ff,
 # n_heads * head_dim) is taken to grow in proportion to d_model, so one ratio m serves all
-# hidden matrices. At m = 1 (and mup_zero_init off) 'mup' is exactly 'sp'.
+# hidden matrices. At the base shape (d_model = mup_base_d_model, head_dim = mup_base_d_head,
+# mup_zero_init off) 'mup' is exactly 'sp'. Not scaled: Adam's eps (fine while gradients stay far
+# above it) and depth (muP transfers across width at fixed n_layers).
 
 PARAM_ROLES = ("embed", "pos_embed", "query", "in", "out", "unembed", "norm")
 
@@ -294,15 +296,8 @@ def init_std(cfg: ModelConfig, role: str) -> float:
     return cfg.init_std
 
 
-def base_head_dim(cfg: ModelConfig) -> int:
-    """head_dim of the muP base model: mup_base_d_head, else mup_base_d_model // n_heads."""
-    if cfg.mup_base_d_head is not None:
-        return cfg.mup_base_d_head
-    return cfg.mup_base_d_model // cfg.n_heads
-
-
 def attention_scale(cfg: ModelConfig) -> float:
-    """Multiplier on q.k logits: 1/sqrt(head_dim) in 'sp'; sqrt(base_head_dim)/head_dim in 'mup'.
+    """Multiplier on q.k logits: 1/sqrt(head_dim) in 'sp'; sqrt(mup_base_d_head)/head_dim in 'mup'.
 
     muP's 1/head_dim scaling, with the constant chosen so it equals 'sp' at the base head_dim
     (written as sp's scale times sqrt(base/head_dim), so that it is bitwise sp's there).
@@ -310,7 +305,7 @@ def attention_scale(cfg: ModelConfig) -> float:
     if cfg.parametrization == "sp":
         return 1.0 / math.sqrt(cfg.head_dim)
     if cfg.parametrization == "mup":
-        return 1.0 / math.sqrt(cfg.head_dim) * math.sqrt(base_head_dim(cfg) / cfg.head_dim)
+        return 1.0 / math.sqrt(cfg.head_dim) * math.sqrt(cfg.mup_base_d_head / cfg.head_dim)
     raise ValueError(f"unknown parametrization {cfg.parametrization!r}")
 
 

@@ -7,7 +7,7 @@
       -> final Norm -> unembedding (tied: embedding transposed)  logits: [batch, seq, vocab] float32
 
 Attention is softmax(Q Kᵀ · scale) V with a causal mask, scale = 1/sqrt(head_dim) in 'sp' and
-sqrt(base_head_dim)/head_dim in 'mup' (see config.attention_scale; init scales and the logit
+sqrt(base head_dim)/head_dim in 'mup' (see config.attention_scale; init scales and the logit
 multiplier also come from llmjax/model/config.py). The 'fused' path calls
 jax.nn.dot_product_attention (a fused kernel on GPU); `reference_attention` is the same math
 written out, used for tests and whenever attention weights are captured.
