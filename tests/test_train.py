@@ -119,6 +119,27 @@ def test_microbatches_give_the_same_update(data_dir):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
 
 
+@pytest.mark.parametrize("parametrization", ["sp", "mup"])
+def test_training_applies_mup_learning_rate_multipliers(data_dir, parametrization):
+    # Adam's first update is lr_1 * sign(g) per element, so max |change| reads the per-parameter
+    # learning rate: hidden matrices get lr / m under muP (m = width / base width = 2), vectors lr.
+    config = tiny(data_dir, f"model.parametrization={parametrization}", "model.d_model=128",
+                  "model.mup_base_d_model=64", "model.mup_base_d_head=32",
+                  "optimizer.weight_decay=0.0")
+    setup = build(config, get_tokenizer_for(config), jax.devices()[:1])
+    step = compile_train_step(setup, config)
+    state0 = setup.init_fn()
+    before = jax.device_get(state0.params)
+    state1, _ = step(state0, _batch(config, setup))
+    after = jax.device_get(state1.params)
+    blocks = lambda p: p["blocks"]
+    change = lambda f: float(np.max(np.abs(f(after) - f(before))))
+    hidden = change(lambda p: blocks(p)["mlp"]["w_up"])
+    vector = change(lambda p: blocks(p)["attn_norm"]["scale"])
+    expected = 0.5 if parametrization == "mup" else 1.0
+    assert hidden / vector == pytest.approx(expected, rel=1e-3)
+
+
 def test_nan_stops_the_run_naming_the_step(data_dir, tmp_path):
     config = tiny(data_dir, "steps=6", "optimizer.lr=1e30", "optimizer.warmup_steps=0",
                   "checkpoint_every=1", "eval_every=0", "log_every=1")

@@ -43,7 +43,7 @@ from llmjax.train.checkpoint import (
     remove_incomplete,
 )
 from llmjax.train.metrics import MetricsWriter, Progress, format_eval, format_train
-from llmjax.train.optimizer import make_optimizer, weight_decay_mask
+from llmjax.train.optimizer import lr_multiplier_tree, make_optimizer, weight_decay_mask
 from llmjax.train.step import TrainState, make_eval_step, make_train_step, summarize_eval
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy",
@@ -262,7 +262,9 @@ def build(config: ConfigDict, tokenizer: Any, devices: list[Any] | None = None) 
     # Decided from the Variables' logical axes (stacked norm scales are 2-D but never decay).
     decay_mask = nnx.to_pure_dict(
         weight_decay_mask(abstract_params, bool(config.optimizer.decay_embeddings)))
-    tx, schedule = make_optimizer(config.optimizer, steps, decay_mask)
+    # muP's per-parameter Adam learning-rate multipliers (all 1 under 'sp': no extra transform).
+    lr_mults = nnx.to_pure_dict(lr_multiplier_tree(abstract_params, model_cfg))
+    tx, schedule = make_optimizer(config.optimizer, steps, decay_mask, lr_mults)
     abstract_pure = nnx.to_pure_dict(abstract_params)
     abstract_opt = jax.eval_shape(tx.init, abstract_pure)
     import optax
