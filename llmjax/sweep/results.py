@@ -1,0 +1,321 @@
+"""`llmjax results --workdir=DIR`: one table of every run under `DIR/runs/`, and its eval curves.
+
+Writes `DIR/results.csv` (one row per run) and `DIR/curves.csv` (one row per eval point of every
+run, for Chinchilla Approach 1), plus `.parquet` copies when pyarrow is importable.
+
+results.csv columns (RESULT_COLUMNS, then one `override.<key>` column per override key):
+  name, status, error               run directory name; pending|running|complete|failed|interrupted
+  n_params, n_non_embedding, n_embedding   parameters (Kaplan convention, llmjax.model.flops)
+  d_model, n_layers, n_heads, seq_len, batch_size, lr, parametrization, steps, seed
+  tokens                            planned training tokens = steps x batch_size x seq_len
+  tokens_per_param                  tokens / n_non_embedding
+  flops_6nd                         6 x n_non_embedding x tokens
+  flops                             exact training FLOPs: FLOPs/token (incl. attention) x tokens
+  final_train_loss                  loss of the last train record (nats/token)
+  final_eval_loss, best_eval_loss   eval loss at the last eval / lowest eval loss (nats/token)
+  wall_time_s                       summed over attempts (sweep runs) or from metrics timestamps
+  budget                            the FLOP budget of an iso-FLOP point, empty otherwise
+  then: vocab_size, d_ff, flops_per_token, final_step, final_eval_bits_per_byte, cpu_time_s
+curves.csv: name, step, tokens, flops, flops_6nd, eval_loss, n_non_embedding, n_params,
+  eval_bits_per_byte (tokens/FLOPs trained when that eval was taken).
+Missing values are empty cells. Runs appear in sweep order, then any others by name.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from typing import Any
+
+from llmjax.errors import UserError
+
+RESULT_COLUMNS = (
+    "name", "status", "error", "n_params", "n_non_embedding", "n_embedding", "d_model", "n_layers",
+    "n_heads", "seq_len", "batch_size", "lr", "parametrization", "steps", "tokens",
+    "tokens_per_param", "flops_6nd", "flops", "final_train_loss", "final_eval_loss",
+    "best_eval_loss", "wall_time_s", "budget", "seed",
+    # extras (after the required columns)
+    "vocab_size", "d_ff", "flops_per_token", "final_step", "final_eval_bits_per_byte",
+    "cpu_time_s",
+)
+CURVE_COLUMNS = ("name", "step", "tokens", "flops", "flops_6nd", "eval_loss", "n_non_embedding",
+                 "n_params", "eval_bits_per_byte")
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        x = float(value)  # metrics.jsonl writes NaN/Inf as strings
+    except (TypeError, ValueError):
+        return None
+    return x
+
+
+def _read_metrics(path: str) -> list[dict[str, Any]]:
+    out = []
+    try:
+        with open(os.path.join(path, "metrics.jsonl")) as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue  # a line cut by a kill
+    except OSError:
+        pass
+    return out
+
+
+def _wall_from_metadata(path: str, last_time: Any) -> float | None:
+    """Seconds from the run's start (metadata.json) to its last train record (no sweep status)."""
+    import datetime
+
+    meta = _read_json(os.path.join(path, "metadata.json")) or {}
+    try:
+        start = datetime.datetime.fromisoformat(meta["start_time"]).timestamp()
+        return float(last_time) - start
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _model_info(config: dict[str, Any]) -> dict[str, Any]:
+    """Parameter counts and FLOPs/token of a run's config dict (imports jax: only when needed)."""
+    from ml_collections import ConfigDict
+
+    from llmjax.sweep.spec import cost, model_config
+
+    cfg = ConfigDict(config)
+    c = cost(cfg)
+    return {"n_params": c.n_params, "n_non_embedding": c.n_non_embedding,
+            "n_embedding": c.n_embedding, "flops_per_token": c.flops_per_token, "steps": c.steps,
+            "d_ff": model_config(cfg).ff_dim}
+
+
+def _run_row(path: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]] | None:
+    """(row, curve rows, overrides) of one run directory, or None if it is not a run."""
+    point = _read_json(os.path.join(path, "point.json"))
+    status = _read_json(os.path.join(path, "status.json")) or {}
+    overrides = _read_json(os.path.join(path, "overrides.json"))
+    config = _read_json(os.path.join(path, "config.json"))
+    if config is None and isinstance(point, dict):
+        config = point.get("config")
+    if not isinstance(config, dict):
+        return None
+    if not isinstance(overrides, dict):
+        overrides = (point or {}).get("overrides") or {}
+    name = os.path.basename(path.rstrip(os.sep))
+    m, d, o = config.get("model", {}), config.get("data", {}), config.get("optimizer", {})
+
+    info: dict[str, Any] = {}
+    if isinstance(point, dict) and isinstance(point.get("cost"), dict):
+        c = point["cost"]
+        info = {k: c.get(k) for k in ("n_params", "n_non_embedding", "n_embedding",
+                                      "flops_per_token", "steps")}
+    if not info or any(v is None for v in info.values()):
+        info = _model_info(config)
+    if "d_ff" not in info:
+        d_ff = m.get("d_ff")
+        if d_ff is None:
+            try:
+                from ml_collections import ConfigDict
+
+                from llmjax.sweep.spec import model_config
+
+                d_ff = model_config(ConfigDict(config)).ff_dim
+            except Exception:  # noqa: BLE001 - a column of convenience
+                d_ff = None
+        info["d_ff"] = d_ff
+
+    seq_len, batch = d.get("seq_len"), d.get("batch_size")
+    steps = info["steps"]
+    tokens = steps * batch * seq_len
+    n_ne, fpt = info["n_non_embedding"], info["flops_per_token"]
+    metrics = _read_metrics(path)
+    train = [r for r in metrics if r.get("kind") == "train"]
+    evals = [r for r in metrics if r.get("kind") == "eval"]
+    eval_losses = [x for x in (_float(r.get("loss")) for r in evals) if x is not None]
+    finite = [x for x in eval_losses if math.isfinite(x)]
+
+    run_status = status.get("status")
+    if run_status is None:  # trained outside a sweep: complete if it reached its last step
+        reached = train[-1]["step"] if train else 0
+        run_status = "complete" if reached >= steps else ("running" if train else "pending")
+    wall = status.get("wall_time_s")
+    if not wall and train:
+        wall = _wall_from_metadata(path, train[-1].get("time"))
+    budget = status.get("budget")
+    if budget is None:
+        budget = (point or {}).get("budget") if isinstance(point, dict) else None
+    if budget is None:
+        budget = overrides.get("budget", overrides.get("meta.budget"))
+
+    row = {
+        "name": name, "status": run_status,
+        "error": status.get("error") if run_status != "complete" else None,
+        "n_params": info["n_params"], "n_non_embedding": n_ne, "n_embedding": info["n_embedding"],
+        "d_model": m.get("d_model"), "n_layers": m.get("n_layers"), "n_heads": m.get("n_heads"),
+        "seq_len": seq_len, "batch_size": batch, "lr": o.get("lr"),
+        "parametrization": m.get("parametrization"), "steps": steps, "tokens": tokens,
+        "tokens_per_param": tokens / n_ne if n_ne else None,
+        "flops_6nd": 6.0 * n_ne * tokens, "flops": float(fpt) * tokens,
+        "final_train_loss": _float(train[-1].get("loss")) if train else None,
+        "final_eval_loss": eval_losses[-1] if eval_losses else None,
+        "best_eval_loss": min(finite) if finite else None,
+        "wall_time_s": wall, "budget": budget, "seed": config.get("seed"),
+        "vocab_size": m.get("vocab_size"), "d_ff": info["d_ff"], "flops_per_token": fpt,
+        "final_step": train[-1]["step"] if train else 0,
+        "final_eval_bits_per_byte": _float(evals[-1].get("bits_per_byte")) if evals else None,
+        "cpu_time_s": status.get("cpu_time_s"),
+    }
+    tokens_per_step = batch * seq_len
+    curves = []
+    for r in evals:
+        step = int(r["step"])
+        tok = int(r.get("tokens", step * tokens_per_step))
+        curves.append({"name": name, "step": step, "tokens": tok, "flops": float(fpt) * tok,
+                       "flops_6nd": 6.0 * n_ne * tok, "eval_loss": _float(r.get("loss")),
+                       "n_non_embedding": n_ne, "n_params": info["n_params"],
+                       "eval_bits_per_byte": _float(r.get("bits_per_byte"))})
+    return row, curves, overrides
+
+
+def collect_results(workdir: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(rows, curves) of every run under `<workdir>/runs/` (see the module docstring for columns).
+
+    Rows carry `override.<key>` entries for each of the run's overrides. Reads files only; jax is
+    imported only for a run trained outside a sweep (no point.json) to count its parameters.
+    """
+    runs = os.path.join(workdir, "runs")
+    if not os.path.isdir(runs):
+        raise UserError(f"--workdir={workdir}: no runs/ directory (run `llmjax sweep` first)")
+    sweep = _read_json(os.path.join(workdir, "sweep.json")) or {}
+    order = {n: i for i, n in enumerate(sweep.get("points", []))}
+    names = sorted((n for n in os.listdir(runs) if os.path.isdir(os.path.join(runs, n))),
+                   key=lambda n: (order.get(n, len(order)), n))
+    rows, curves = [], []
+    for name in names:
+        got = _run_row(os.path.join(runs, name))
+        if got is None:
+            continue
+        row, run_curves, overrides = got
+        for k, v in overrides.items():
+            row[f"override.{k}"] = v
+        rows.append(row)
+        curves.extend(run_curves)
+    return rows, curves
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return value
+
+
+def _write_csv(path: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: _cell(r.get(c)) for c in columns})
+    os.replace(tmp, path)
+
+
+def _write_parquet(path: str, columns: list[str], rows: list[dict[str, Any]]) -> bool:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return False
+    data = {c: [None if r.get(c) in ("",) else r.get(c) for r in rows] for c in columns}
+    # Mixed-type override columns become strings so one table holds them all.
+    for c, values in data.items():
+        kinds = {type(v) for v in values if v is not None}
+        if len(kinds) > 1 and not kinds <= {int, float}:
+            data[c] = [None if v is None else str(v) for v in values]
+    pq.write_table(pa.table(data), path)
+    return True
+
+
+def result_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """RESULT_COLUMNS then the sorted `override.*` columns present in `rows`."""
+    extra = sorted({k for r in rows for k in r if k.startswith("override.")})
+    return [*RESULT_COLUMNS, *extra]
+
+
+def write_results(workdir: str, collected: tuple[list, list] | None = None) -> list[str]:
+    """Writes results.csv and curves.csv (and .parquet with pyarrow); returns the paths written.
+
+    `collected`: (rows, curves) from `collect_results(workdir)` if already gathered."""
+    rows, curves = collected if collected is not None else collect_results(workdir)
+    paths = []
+    columns = result_columns(rows)
+    for stem, cols, table in (("results", columns, rows), ("curves", list(CURVE_COLUMNS), curves)):
+        path = os.path.join(workdir, f"{stem}.csv")
+        _write_csv(path, cols, table)
+        paths.append(path)
+        parquet = os.path.join(workdir, f"{stem}.parquet")
+        if _write_parquet(parquet, cols, table):
+            paths.append(parquet)
+    return paths
+
+
+def read_csv(path: str) -> list[dict[str, Any]]:
+    """Rows of a results/curves CSV with numbers parsed back (empty cells -> None)."""
+    def parse(v: str) -> Any:
+        if v == "":
+            return None
+        for cast in (int, float):
+            try:
+                return cast(v)
+            except ValueError:
+                pass
+        return v
+
+    with open(path, newline="") as f:
+        return [{k: parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+USAGE = "usage: llmjax results --workdir=DIR"
+
+
+def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE)
+        print(__doc__)
+        return 0
+    workdir = None
+    args = list(argv)
+    while args:
+        a = args.pop(0)
+        if a.startswith("--workdir="):
+            workdir = a.split("=", 1)[1]
+        elif a == "--workdir" and args:
+            workdir = args.pop(0)
+        else:
+            raise UserError(f"unknown argument {a!r}; {USAGE}")
+    if not workdir:
+        raise UserError(f"--workdir is required; {USAGE}")
+    rows, curves = collect_results(workdir)
+    paths = write_results(workdir, (rows, curves))
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    print(f"{len(rows)} runs ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})")
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+__all__ = ["CURVE_COLUMNS", "RESULT_COLUMNS", "collect_results", "main", "read_csv",
+           "result_columns", "write_results"]

@@ -1,0 +1,647 @@
+"""Runs a sweep: every point in its own `llmjax train` subprocess, resumable, K at a time.
+
+Layout of `DIR` (the sweep's --workdir):
+  sweep.json               the config spec, sweep-wide overrides and the point names, in order
+  sweep.lock               held (flock) while a sweep runs here: one sweep per DIR at a time
+  runs/<name>/overrides.json  the point's override dict, exactly as get_sweep returned it
+  runs/<name>/point.json   the plan: spec, overrides, flags, config, parameter counts, tokens, FLOPs
+  runs/<name>/status.json  pending | running | complete | failed | interrupted, with pid, return
+                           code, error (one line) and error_tail, wall_time_s / cpu_time_s summed
+                           over attempts, attempts
+  runs/<name>/train.log    the child's stdout+stderr (appended per attempt)
+  runs/<name>/...          what `llmjax train` writes (config.json, metrics.jsonl, checkpoints/)
+
+A point is complete when its child exited 0 and metrics.jsonl has the train record of the last
+step. Anything else is rerun with the same command, which resumes from the run's latest
+checkpoint (exact resume is the trainer's job). A failed point is recorded and the sweep carries
+on; the exit status is 1 if any point failed. SIGINT/SIGTERM are forwarded as SIGTERM to the
+children (they save a checkpoint and exit 0) and the points stay resumable; children also get
+SIGTERM if the sweep process dies (Linux PR_SET_PDEATHSIG), so a killed sweep leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import datetime
+import heapq
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TextIO
+
+from llmjax.errors import UserError
+from llmjax.sweep.spec import Point, Sweep, canonical
+
+STATUSES = ("pending", "running", "complete", "failed", "interrupted")
+RUNS_DIR = "runs"
+SWEEP_FILE = "sweep.json"
+LOCK_FILE = "sweep.lock"
+LOG_FILE = "train.log"
+CPU_SINGLE_THREAD_FLAG = "--xla_cpu_multi_thread_eigen=false"
+
+# Throughput model for the time estimate: seconds = STARTUP_S + steps * STEP_S
+#   + FLOPs / (peak * ASSUMED_MFU), peak shared by the K parallel runs on a CPU.
+# Calibrated on the 2-core development box (see experiments/configs/scaling_demo.py).
+ESTIMATE = {
+    "cpu": {"startup_s": 12.0, "step_s": 0.004, "mfu": 0.10},
+    "accelerator": {"startup_s": 60.0, "step_s": 0.0, "mfu": 0.35},
+}
+
+
+# --------------------------------------------------------------------------- small files
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Atomic write (tmp + rename): a kill never leaves half a file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def run_dir(workdir: str, name: str) -> str:
+    return os.path.join(workdir, RUNS_DIR, name)
+
+
+def read_status(path: str) -> dict[str, Any]:
+    """status.json of a run directory ({"status": "pending"} when there is none)."""
+    status = read_json(os.path.join(path, "status.json"))
+    return status if isinstance(status, dict) else {"status": "pending"}
+
+
+def last_train_step(path: str) -> tuple[int | None, int | None]:
+    """(step, tokens) of the last train record in `<path>/metrics.jsonl`, reading its tail only."""
+    metrics = os.path.join(path, "metrics.jsonl")
+    try:
+        with open(metrics, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 8192))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None, None
+    for line in reversed(lines):
+        if '"train"' not in line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("kind") == "train":
+            return int(rec["step"]), int(rec.get("tokens", 0))
+    return None, None
+
+
+def is_complete(path: str, steps: int) -> bool:
+    """The run in `path` finished: status complete, or its metrics reached the last step."""
+    status = read_status(path)
+    if status.get("status") == "running" and _pid_alive(status.get("pid"), path):
+        return False
+    if status.get("status") == "complete":
+        return True
+    step, _ = last_train_step(path)
+    return step is not None and step >= steps and status.get("returncode") in (None, 0)
+
+
+def _pid_alive(pid: Any, path: str) -> bool:
+    """Whether process `pid` exists and is a training run of `path` (guards against pid reuse)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return os.path.abspath(path).encode() in f.read()
+    except OSError:
+        return True  # no /proc (macOS): trust the pid
+
+
+# --------------------------------------------------------------------------- devices, estimate
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceInfo:
+    """What the children will train on."""
+
+    platform: str  # 'cpu' | 'gpu' | 'tpu' ...
+    kind: str
+    count: int
+
+
+_PROBE = ("import json, jax; d = jax.devices(); "
+          "print(json.dumps({'platform': d[0].platform, 'kind': d[0].device_kind, "
+          "'count': len(d)}))")
+
+
+def probe_devices(env: dict[str, str] | None = None) -> DeviceInfo:
+    """Platform, kind and number of the devices a child process sees.
+
+    Run in a subprocess with the children's environment, so this process never opens an
+    accelerator (a TPU admits one process; a GPU would lose memory to us); in-process when the
+    children are CPU-only anyway.
+    """
+    env = dict(os.environ if env is None else env)
+    if env.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+        import jax
+
+        devices = jax.devices("cpu")
+        return DeviceInfo("cpu", devices[0].device_kind, len(devices))
+    try:
+        out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True,
+                             text=True, timeout=300, check=True).stdout
+        d = json.loads(out.strip().splitlines()[-1])
+        return DeviceInfo(str(d["platform"]), str(d["kind"]), int(d["count"]))
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError, KeyError) as e:
+        raise UserError(f"cannot list the devices for the runs (python -c 'import jax; "
+                        f"jax.devices()' failed: {' '.join(str(e).split())[:200]})") from None
+
+
+def peak_flops(device: DeviceInfo) -> tuple[float, str]:
+    """(peak FLOP/s of all the devices, label): datasheet for accelerators, measured for CPUs."""
+    from llmjax.train import mfu
+
+    if device.platform == "cpu":
+        return mfu.cpu_peak(), "measured CPU matmul peak"
+    per = mfu.lookup_peak(device.kind)
+    if per is None:
+        return float("nan"), f"{device.kind}: unknown peak"
+    return per * device.count, f"{device.kind} x{device.count} datasheet"
+
+
+def estimate_seconds(point: Point, peak: float, platform: str, parallel: int = 1) -> float:
+    """Expected wall seconds of one point when `parallel` points share the machine."""
+    c = ESTIMATE["cpu" if platform == "cpu" else "accelerator"]
+    share = peak / max(1, parallel)
+    compute = point.cost.flops / (share * c["mfu"]) if share > 0 else float("nan")
+    return c["startup_s"] + point.cost.steps * c["step_s"] + compute
+
+
+def makespan(seconds: Sequence[float], parallel: int) -> float:
+    """Wall time of running jobs of these durations in order on `parallel` workers."""
+    workers = [0.0] * max(1, parallel)
+    for s in seconds:
+        t = heapq.heappop(workers)
+        heapq.heappush(workers, t + s)
+    return max(workers)
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def human(x: float, unit: str = "") -> str:
+    if x is None or not math.isfinite(x):
+        return "?"
+    for factor, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"),
+                           (1e3, "k")):
+        if abs(x) >= factor:
+            return f"{x / factor:.3g}{suffix}{unit}"
+    return f"{x:.3g}{unit}"
+
+
+def duration(seconds: float) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def format_plan(sweep: Sweep, statuses: dict[str, str], estimates: dict[str, float]) -> str:
+    """The table printed before a sweep starts: one line per point, then totals."""
+    rows = [("name", "N (non-emb)", "N (total)", "tokens", "tok/N", "steps", "FLOPs",
+             "est. time", "status")]
+    for p in sweep.points:
+        c = p.cost
+        rows.append((p.name, human(c.n_non_embedding), human(c.n_params), human(c.tokens),
+                     f"{c.tokens / max(c.n_non_embedding, 1):.3g}", str(c.steps),
+                     f"{c.flops:.3g}", duration(estimates[p.name]), statuses[p.name]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                               for i, (v, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+                     for r in rows)
+
+
+# --------------------------------------------------------------------------- children
+
+
+def _pdeathsig() -> Callable[[], None] | None:
+    """A preexec_fn giving the child SIGTERM when this process dies (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)  # loaded now: nothing heavy runs after fork
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return preexec
+
+
+def child_env(device: DeviceInfo, parallel: int, base: dict[str, str] | None = None
+              ) -> dict[str, str]:
+    """The children's environment: unbuffered output; with K>1 runs on a CPU, one compute thread
+    per run (K multi-threaded runs on K cores only fight over them)."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONUNBUFFERED"] = "1"
+    if device.platform == "cpu" and parallel > 1:
+        flags = env.get("XLA_FLAGS", "")
+        if CPU_SINGLE_THREAD_FLAG not in flags:
+            env["XLA_FLAGS"] = f"{flags} {CPU_SINGLE_THREAD_FLAG}".strip()
+    return env
+
+
+def train_command(sweep: Sweep, point: Point, workdir: str) -> list[str]:
+    return [sys.executable, "-m", "llmjax", "train", f"--config={sweep.spec}",
+            f"--workdir={os.path.abspath(run_dir(workdir, point.name))}", *point.flags(),
+            *sweep.extra]
+
+
+def _error_of(log_path: str, tail_lines: int = 25) -> tuple[str, str]:
+    """(one-line error, last lines) of a failed run's log."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 32768))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return "no log", ""
+    lines = [ln for ln in lines if ln.strip()]
+    tail = "\n".join(lines[-tail_lines:])
+    for line in reversed(lines):
+        if line.startswith("error:") or line.startswith("llmjax.") or (
+                line and not line[0].isspace() and ("Error" in line.split(":")[0]
+                                                    or "Exception" in line.split(":")[0])):
+            return line.strip()[:400], tail
+    return (lines[-1].strip()[:400] if lines else "no output"), tail
+
+
+@dataclasses.dataclass
+class _Child:
+    point: Point
+    proc: subprocess.Popen
+    path: str
+    start: float
+    status: dict[str, Any]
+    log: Any
+
+
+class SweepRunner:
+    """Runs the not-yet-complete points of `sweep` under `workdir`, `parallel` at a time."""
+
+    def __init__(self, sweep: Sweep, workdir: str, *, parallel: int = 1,
+                 device: DeviceInfo | None = None, env: dict[str, str] | None = None,
+                 out: TextIO | None = None, progress: bool | None = None,
+                 report_every: float = 30.0, poll_s: float = 0.5):
+        if parallel < 1:
+            raise UserError(f"--parallel={parallel}: allowed values are integers >= 1")
+        self.sweep, self.workdir, self.parallel = sweep, os.path.abspath(workdir), parallel
+        self.device = device if device is not None else probe_devices(env)
+        self.env = child_env(self.device, parallel, env)
+        self.out = out or sys.stdout
+        self.tty = (sys.stderr.isatty() if progress is None else progress)
+        self.report_every, self.poll_s = report_every, poll_s
+        self.stop_signal: int | None = None
+        self.children: dict[str, _Child] = {}
+        self.peak, self.peak_label = peak_flops(self.device)
+        self.estimates = {p.name: estimate_seconds(p, self.peak, self.device.platform, parallel)
+                          for p in sweep.points}
+
+    # ---- reporting ------------------------------------------------------------------------
+    def say(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def statuses(self) -> dict[str, str]:
+        out = {}
+        for p in self.sweep.points:
+            path = run_dir(self.workdir, p.name)
+            status = read_status(path)
+            if is_complete(path, p.cost.steps):
+                out[p.name] = "complete"
+            elif status.get("status") == "running" and not _pid_alive(status.get("pid"), path):
+                out[p.name] = "interrupted"  # its sweep was killed
+            else:
+                out[p.name] = status.get("status", "pending")
+        return out
+
+    def plan(self) -> str:
+        """The plan: the table, total compute and the expected time (printed before starting)."""
+        statuses = self.statuses()
+        todo = [p for p in self.sweep.points if statuses[p.name] != "complete"]
+        order = self.order(todo)
+        total = sum(p.cost.flops for p in self.sweep.points)
+        total_6nd = sum(p.cost.flops_6nd for p in self.sweep.points)
+        left = sum(p.cost.flops for p in todo)
+        wall = makespan([self.estimates[p.name] for p in order], self.parallel)
+        c = ESTIMATE["cpu" if self.device.platform == "cpu" else "accelerator"]
+        lines = [
+            f"sweep {self.sweep.spec} -> {self.workdir}",
+            f"{len(self.sweep.points)} points, {len(todo)} to run, {self.parallel} at a time on "
+            f"{self.device.count} {self.device.platform} device(s) ({self.device.kind})",
+            format_plan(self.sweep, statuses, self.estimates),
+            f"total compute {total:.3g} FLOPs (6ND {total_6nd:.3g}); "
+            f"left to run {left:.3g} FLOPs",
+            f"expected time {duration(wall)} (model: {c['startup_s']:.0f}s start-up + "
+            f"{1000 * c['step_s']:.0f}ms/step + FLOPs at {100 * c['mfu']:.0f}% MFU of "
+            f"{human(self.peak, 'FLOP/s')}, {self.peak_label}, shared by {self.parallel} run(s))",
+        ]
+        return "\n".join(lines)
+
+    def order(self, todo: list[Point]) -> list[Point]:
+        """Sweep order with one worker; longest first with several (shortest overall wall time)."""
+        if self.parallel == 1:
+            return list(todo)
+        return sorted(todo, key=lambda p: -self.estimates[p.name])
+
+    # ---- bookkeeping -----------------------------------------------------------------------
+    def _check_and_record(self, points: list[Point]) -> None:
+        """Refuse a run directory made by different overrides; write the plan files."""
+        for p in points:
+            path = run_dir(self.workdir, p.name)
+            old = read_json(os.path.join(path, "point.json"))
+            new_overrides = canonical(p.overrides)
+            if isinstance(old, dict) and (old.get("overrides") != new_overrides
+                                          or old.get("extra") != self.sweep.extra):
+                raise UserError(
+                    f"sweep point {p.name!r}: {path} was made with different settings "
+                    f"(overrides {old.get('overrides')} + {old.get('extra')}, now "
+                    f"{new_overrides} + {self.sweep.extra}); use another --workdir or delete it")
+        os.makedirs(os.path.join(self.workdir, RUNS_DIR), exist_ok=True)
+        write_json(os.path.join(self.workdir, SWEEP_FILE),
+                   {"spec": self.sweep.spec, "extra": self.sweep.extra,
+                    "points": [p.name for p in self.sweep.points]})
+        for p in points:
+            path = run_dir(self.workdir, p.name)
+            os.makedirs(path, exist_ok=True)
+            write_json(os.path.join(path, "overrides.json"), canonical(p.overrides))
+            write_json(os.path.join(path, "point.json"), {
+                "name": p.name, "spec": self.sweep.spec, "overrides": canonical(p.overrides),
+                "extra": self.sweep.extra, "flags": p.flags(), "budget": p.budget,
+                "cost": dataclasses.asdict(p.cost), "config": canonical(p.config.to_dict()),
+            })
+            if not os.path.exists(os.path.join(path, "status.json")):
+                write_json(os.path.join(path, "status.json"),
+                           {"name": p.name, "status": "pending", "attempts": 0,
+                            "wall_time_s": 0.0, "cpu_time_s": 0.0})
+
+    def _wait_for_stale(self, points: list[Point], timeout: float = 180.0) -> None:
+        """A point 'running' from a killed sweep: wait until its child has saved and exited."""
+        for p in points:
+            path = run_dir(self.workdir, p.name)
+            pid = read_status(path).get("pid")
+            if read_status(path).get("status") != "running" or not _pid_alive(pid, path):
+                continue
+            self.say(f"waiting for the previous run of {p.name} (pid {pid}) to exit")
+            deadline = time.monotonic() + timeout
+            while _pid_alive(pid, path):
+                if time.monotonic() > deadline:
+                    raise UserError(f"sweep point {p.name!r}: an earlier run (pid {pid}) is still "
+                                    f"training in {path}; stop it first")
+                time.sleep(0.5)
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        import fcntl
+
+        os.makedirs(self.workdir, exist_ok=True)
+        fd = os.open(os.path.join(self.workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise UserError(f"--workdir={self.workdir}: another sweep is running there "
+                                f"({LOCK_FILE} is locked)") from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        def handle(signum: int, frame: Any) -> None:
+            second = self.stop_signal is not None
+            self.stop_signal = signum
+            for child in self.children.values():
+                # First signal: SIGTERM = checkpoint and exit 0; a second Ctrl-C stops them now.
+                sig = signal.SIGINT if second and signum == signal.SIGINT else signal.SIGTERM
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.proc.pid, sig)
+
+        previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    # ---- children ---------------------------------------------------------------------------
+    def _start(self, point: Point) -> _Child:
+        path = run_dir(self.workdir, point.name)
+        status = read_status(path)
+        cmd = train_command(self.sweep, point, self.workdir)
+        log = open(os.path.join(path, LOG_FILE), "ab")
+        attempt = int(status.get("attempts", 0)) + 1
+        log.write(f"\n# llmjax sweep: attempt {attempt} at {_now()}\n# {' '.join(cmd)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=self.env, start_new_session=True,
+                                preexec_fn=_pdeathsig())
+        status.update({"name": point.name, "status": "running", "pid": proc.pid,
+                       "attempts": attempt, "started": _now(), "command": cmd,
+                       "steps": point.cost.steps, "returncode": None})
+        status.setdefault("wall_time_s", 0.0)
+        status.setdefault("cpu_time_s", 0.0)
+        write_json(os.path.join(path, "status.json"), status)
+        return _Child(point, proc, path, time.monotonic(), status, log)
+
+    def _finish(self, child: _Child, wait_status: int, rusage: Any) -> str:
+        child.log.close()
+        rc = os.waitstatus_to_exitcode(wait_status)
+        child.proc.returncode = rc  # reaped by os.wait4: tell Popen
+        s = child.status
+        s["returncode"] = rc
+        s["pid"] = None
+        s["finished"] = _now()
+        s["wall_time_s"] = float(s.get("wall_time_s") or 0.0) + time.monotonic() - child.start
+        s["cpu_time_s"] = float(s.get("cpu_time_s") or 0.0) + rusage.ru_utime + rusage.ru_stime
+        step, _ = last_train_step(child.path)
+        s["step"] = step
+        if rc == 0 and step is not None and step >= child.point.cost.steps:
+            s["status"], s["error"], s["error_tail"] = "complete", None, None
+        elif rc == 0 or (rc < 0 and self.stop_signal is not None):
+            s["status"] = "interrupted"  # saved a checkpoint on our signal: resumable
+            s["error"] = f"stopped at step {step} of {child.point.cost.steps}"
+        else:
+            s["status"] = "failed"
+            s["error"], s["error_tail"] = _error_of(os.path.join(child.path, LOG_FILE))
+        write_json(os.path.join(child.path, "status.json"), s)
+        return s["status"]
+
+    def _running_flops(self) -> float:
+        done = 0.0
+        for child in self.children.values():
+            _, tokens = last_train_step(child.path)
+            if tokens:
+                done += min(tokens, child.point.cost.tokens) * child.point.cost.flops_per_token
+        return done
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def run(self, dry_run: bool = False) -> int:
+        """Prints the plan; unless `dry_run`, runs what is left. Returns the exit status."""
+        self.say(self.plan())
+        if dry_run:
+            self.say("dry run: nothing started")
+            return 0
+        statuses = self.statuses()
+        todo = self.order([p for p in self.sweep.points if statuses[p.name] != "complete"])
+        if not todo:
+            self.say(f"sweep complete: nothing to do ({len(self.sweep.points)} points already "
+                     f"complete in {self.workdir})")
+            return 0
+        with self._lock():
+            self._check_and_record(self.sweep.points)
+            for p in self.sweep.points:  # a run finished after its sweep died: record it
+                path = run_dir(self.workdir, p.name)
+                if statuses[p.name] == "complete" and read_status(path).get("status") != "complete":
+                    s = read_status(path)
+                    s.update({"status": "complete", "pid": None, "error": None})
+                    write_json(os.path.join(path, "status.json"), s)
+            self._wait_for_stale(todo)
+            with self._signals():
+                results = self._loop(todo)
+        return self._summary(results)
+
+    def _loop(self, todo: list[Point]) -> dict[str, str]:
+        queue = list(todo)
+        results: dict[str, str] = {}
+        total_flops = sum(p.cost.flops for p in self.sweep.points)
+        done_flops = sum(p.cost.flops for p in self.sweep.points if p not in todo)
+        start_done, t0 = done_flops, time.monotonic()
+        plan_left = makespan([self.estimates[p.name] for p in todo], self.parallel)
+        n_total, n_done = len(self.sweep.points), len(self.sweep.points) - len(todo)
+        bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total_flops, initial=done_flops, unit="FLOP", unit_scale=True,
+                       dynamic_ncols=True, file=sys.stderr, desc="sweep")
+        log = (bar.write if bar is not None else self.say)
+        last_report = time.monotonic()
+
+        def eta(now_done: float) -> float:
+            elapsed = time.monotonic() - t0
+            progress = now_done - start_done
+            if progress <= 0 or elapsed < 20:
+                return max(0.0, plan_left - elapsed)
+            return elapsed / progress * (total_flops - now_done)
+
+        try:
+            while queue or self.children:
+                while queue and len(self.children) < self.parallel and self.stop_signal is None:
+                    point = queue.pop(0)
+                    self.children[point.name] = self._start(point)
+                    log(f"[{n_done + len(self.children)}/{n_total}] started {point.name} "
+                        f"({human(point.cost.n_non_embedding)} params, "
+                        f"{human(point.cost.tokens)} tokens, est. "
+                        f"{duration(self.estimates[point.name])})")
+                if self.stop_signal is not None:
+                    queue.clear()
+                for name, child in list(self.children.items()):
+                    try:
+                        pid, wait_status, rusage = os.wait4(child.proc.pid, os.WNOHANG)
+                    except ChildProcessError:
+                        continue
+                    if pid == 0:
+                        continue
+                    del self.children[name]
+                    status = self._finish(child, wait_status, rusage)
+                    results[name] = status
+                    s = child.status
+                    if status == "complete":
+                        n_done += 1
+                        done_flops += child.point.cost.flops
+                        log(f"[{n_done}/{n_total}] {name} complete in {duration(s['wall_time_s'])}"
+                            f" (cpu {duration(s['cpu_time_s'])})")
+                    elif status == "failed":
+                        log(f"[{n_done}/{n_total}] {name} FAILED (exit {s['returncode']}): "
+                            f"{s['error']}")
+                    else:
+                        log(f"[{n_done}/{n_total}] {name} interrupted at step {s.get('step')}; "
+                            "resumable")
+                now_done = done_flops + self._running_flops()
+                if bar is not None:
+                    bar.n = min(now_done, total_flops)
+                    bar.set_postfix_str(f"{n_done}/{n_total} runs, ETA {duration(eta(now_done))}",
+                                        refresh=False)
+                    bar.refresh()
+                elif time.monotonic() - last_report >= self.report_every and self.children:
+                    last_report = time.monotonic()
+                    self.say(f"progress: {100 * now_done / max(total_flops, 1):.0f}% of FLOPs, "
+                             f"{n_done}/{n_total} runs complete, running "
+                             f"{', '.join(self.children)}, elapsed "
+                             f"{duration(time.monotonic() - t0)}, ETA {duration(eta(now_done))}")
+                if self.children:
+                    time.sleep(self.poll_s)
+        finally:
+            if bar is not None:
+                bar.close()
+        return results
+
+    def _summary(self, results: dict[str, str]) -> int:
+        statuses = self.statuses()
+        failed = [n for n, s in statuses.items() if s == "failed"]
+        complete = [n for n, s in statuses.items() if s == "complete"]
+        pending = [n for n, s in statuses.items() if s not in ("failed", "complete")]
+        try:
+            from llmjax.sweep.results import write_results
+
+            paths = write_results(self.workdir)
+            self.say(f"results: {', '.join(paths)}")
+        except Exception as e:  # noqa: BLE001 - results are re-gathered by `llmjax results`
+            self.say(f"could not gather results ({type(e).__name__}: {e}); "
+                     f"run `llmjax results --workdir={self.workdir}`")
+        self.say(f"{len(complete)}/{len(statuses)} points complete"
+                 + (f"; failed: {', '.join(failed)}" if failed else "")
+                 + (f"; not finished: {', '.join(pending)}" if pending else ""))
+        for name in failed:
+            path = run_dir(self.workdir, name)
+            err = read_status(path).get("error")
+            self.say(f"  {name}: {err}  (log: {os.path.join(path, LOG_FILE)})")
+        if self.stop_signal is not None:
+            self.say("sweep interrupted: rerun the same command to resume")
+            return 128 + int(self.stop_signal)
+        return 1 if failed else 0
+
+
+__all__ = ["DeviceInfo", "SweepRunner", "child_env", "estimate_seconds", "is_complete",
+           "last_train_step", "makespan", "probe_devices", "read_status", "run_dir",
+           "train_command"]
