@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("llmjax.sweep.cli", "run every point of a config's get_sweep(), resumably"),
     "results": ("llmjax.sweep.results", "gather a sweep's runs into results.csv and curves.csv"),
     "report": ("llmjax.report.cli", "scaling-law fits, plots and report.md of a sweep"),
+    "probe": ("llmjax.eval.cli", "few-shot probes, ICL score and induction heads of a run"),
 }
 
 

@@ -48,6 +48,8 @@ TRAIN_FIELDS: dict[str, tuple[Any, Any, str]] = {
     "distributed": (str, "auto", "jax.distributed.initialize: 'true', 'false' or 'auto' (= when "
                     "a SLURM/MPI/TPU multi-process environment is detected); case-insensitive"),
     "tensorboard": (bool, True, "write TensorBoard events when tensorboardX is installed"),
+    "evals": (dict, {}, "probe suite of `llmjax probe`, name -> {type, ...} (llmjax.eval.probe); "
+              "empty = its default suite"),
 }
 
 OPTIMIZER_FIELDS: dict[str, tuple[Any, Any, str]] = {
