@@ -46,11 +46,15 @@ LOCK_FILE = "sweep.lock"
 LOG_FILE = "train.log"
 CPU_SINGLE_THREAD_FLAG = "--xla_cpu_multi_thread_eigen=false"
 
-# Throughput model for the time estimate: seconds = STARTUP_S + steps * STEP_S
-#   + FLOPs / (peak * ASSUMED_MFU), peak shared by the K parallel runs on a CPU.
-# Calibrated on the 2-core development box (see experiments/configs/scaling_demo.py).
+# Throughput model for the time estimate: seconds = startup_s + steps * step_s
+#   + FLOPs / (peak / K * mfu), the peak shared by the K runs in parallel.
+# cpu: calibrated on the 2-core development box (AMD EPYC, 214 GFLOP/s measured matmul peak)
+#   from the CPU seconds of each scaling_demo run at --parallel=2 (one thread per run): ~9 s
+#   start-up (imports, compile, first checkpoint), ~15 ms per step of host work and evals, and
+#   13-14% of a core's share of the peak for the larger sizes (d64: 15-16 GFLOP/s per core).
+# accelerator: a guess (compile-heavy start-up, typical MFU of a well-sharded step); not measured.
 ESTIMATE = {
-    "cpu": {"startup_s": 12.0, "step_s": 0.004, "mfu": 0.10},
+    "cpu": {"startup_s": 9.0, "step_s": 0.015, "mfu": 0.13},
     "accelerator": {"startup_s": 60.0, "step_s": 0.0, "mfu": 0.35},
 }
 
@@ -285,6 +289,12 @@ def train_command(sweep: Sweep, point: Point, workdir: str) -> list[str]:
             *sweep.extra]
 
 
+def _checkpoint_steps(path: str) -> list[int]:
+    from llmjax.train.checkpoint import CHECKPOINT_DIR, complete_steps
+
+    return complete_steps(os.path.join(path, CHECKPOINT_DIR))
+
+
 def _error_of(log_path: str, tail_lines: int = 25) -> tuple[str, str]:
     """(one-line error, last lines) of a failed run's log."""
     try:
@@ -499,7 +509,9 @@ class SweepRunner:
             s["status"], s["error"], s["error_tail"] = "complete", None, None
         elif rc == 0 or (rc < 0 and self.stop_signal is not None):
             s["status"] = "interrupted"  # saved a checkpoint on our signal: resumable
-            s["error"] = f"stopped at step {step} of {child.point.cost.steps}"
+            saved = _checkpoint_steps(child.path)
+            s["error"] = (f"stopped at step {saved[-1] if saved else 0} of "
+                          f"{child.point.cost.steps} (latest checkpoint)")
         else:
             s["status"] = "failed"
             s["error"], s["error_tail"] = _error_of(os.path.join(child.path, LOG_FILE))
@@ -595,8 +607,7 @@ class SweepRunner:
                         log(f"[{n_done}/{n_total}] {name} FAILED (exit {s['returncode']}): "
                             f"{s['error']}")
                     else:
-                        log(f"[{n_done}/{n_total}] {name} interrupted at step {s.get('step')}; "
-                            "resumable")
+                        log(f"[{n_done}/{n_total}] {name} interrupted: {s['error']}; resumable")
                 now_done = done_flops + self._running_flops()
                 if bar is not None:
                     bar.n = min(now_done, total_flops)
