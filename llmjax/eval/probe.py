@@ -1,0 +1,473 @@
+"""Run the probe suite on a run directory's checkpoints; results go to `<workdir>/probes.jsonl`.
+
+    records = run_probes("runs/tiny", steps="all")         # what `llmjax probe --all_steps` does
+
+The suite is declared in the training config (big_vision style), `config.evals`: a mapping from a
+probe name to its settings, `type` first. An empty `config.evals` means `default_evals()`.
+
+  type      options (defaults)                   what it records (k = 0 unless few-shot)
+  episode   kind, ks (0,1,2,4,8,16), n (32),     `tasks.evaluate` metrics per k (exact_match,
+            seed (0), num_examples (max ks + 1)   *_hard, acc, baselines, ...)
+  sentence  ks, n (16), seed, min/max_words       + bleu, chrf, rouge1/2/L
+  facts     n (64), seed                          zero-shot acc over the attribute's values, ...
+  icl       n (64), early, late (0 = scaled)     icl_score, loss_early, loss_late (nats),
+                                                  position_early, position_late
+  induction n_seqs (16), seq_len (0 = auto),     prefix_matching_l{L}h{H}, copying_l{L}h{H},
+            seed (0)                              prefix_matching_max, copying_of_max,
+                                                  strongest_layer, strongest_head
+  perplexity n (32)                               perplexity (per token), bits_per_byte,
+                                                  word_perplexity of whole validation documents
+
+Each record is {"task", "k", "metric", "value", "step", "n", "tokens"}: n documents (or
+sequences) behind the value, tokens = training tokens seen at `step`. Writing is idempotent per
+(task, k, metric, step): a re-run replaces those records and keeps the others; the file is
+rewritten atomically.
+
+Probe documents: episodes use held-out rules and `probe_rng` seeds (never training data); icl and
+perplexity read the first n documents of the run's validation split; facts read the world of the
+run's synthetic corpus (skipped for other datasets, whose world the model never saw).
+
+During training: after a checkpoint is saved, `probe_params(workdir, config, tokenizer, params,
+step, tokens)` runs the same suite on the in-memory parameters and appends to probes.jsonl.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from llmjax.errors import UserError
+
+PROBES_FILE = "probes.jsonl"
+RECORD_KEY = ("task", "k", "metric", "step")
+PROBE_TYPES = ("episode", "sentence", "facts", "icl", "induction", "perplexity")
+
+
+def default_evals() -> dict[str, dict[str, Any]]:
+    """The default suite: every episode kind at k in KS, the sentence and facts tasks, the ICL
+    score, induction heads and validation perplexity (670 records; ~16 s per checkpoint of
+    experiments/configs/tiny.py on 2 CPU cores, compilation included)."""
+    from llmjax.data.synthetic import EPISODE_KINDS
+    from llmjax.eval.tasks import KS
+
+    out: dict[str, dict[str, Any]] = {
+        kind: {"type": "episode", "kind": kind, "ks": list(KS), "n": 32}
+        for kind in EPISODE_KINDS}
+    out["sentence"] = {"type": "sentence", "ks": list(KS), "n": 16}
+    out["facts"] = {"type": "facts", "n": 64}
+    out["icl"] = {"type": "icl", "n": 64}
+    out["induction"] = {"type": "induction", "n_seqs": 16}
+    out["perplexity"] = {"type": "perplexity", "n": 32}
+    return out
+
+
+def _as_dict(x: Any) -> Any:
+    return x.to_dict() if hasattr(x, "to_dict") else x
+
+
+def resolve_evals(evals: Mapping[str, Any] | None, tasks: Sequence[str] | None = None
+                  ) -> dict[str, dict[str, Any]]:
+    """The suite to run: `evals` (or the defaults when empty), restricted to `tasks`."""
+    evals = _as_dict(evals) or {}
+    if not isinstance(evals, Mapping):
+        raise UserError(f"config.evals must map probe names to settings, got "
+                        f"{type(evals).__name__}")
+    suite = {str(k): dict(_as_dict(v)) for k, v in evals.items()} if evals else default_evals()
+    for name, spec in suite.items():
+        if spec.get("type") not in PROBE_TYPES:
+            raise UserError(f"evals.{name}.type={spec.get('type')!r}: choose from "
+                            f"{', '.join(PROBE_TYPES)}")
+    if tasks:
+        unknown = [t for t in tasks if t not in suite]
+        if unknown:
+            raise UserError(f"--tasks: unknown probe(s) {', '.join(unknown)}; this run's suite: "
+                            f"{', '.join(suite)}")
+        suite = {t: suite[t] for t in tasks}
+    return suite
+
+
+# ----------------------------------------------------------------------------- run directories
+
+
+@dataclasses.dataclass
+class Run:
+    """What a probe needs from a run directory (config.json, tokenizer/, checkpoints/)."""
+
+    workdir: str
+    config: Any  # ml_collections.ConfigDict
+    tokenizer: Any
+    model_cfg: Any  # llmjax.model.ModelConfig
+
+    @property
+    def max_len(self) -> int:
+        """The window the model was trained on (data.seq_len), in tokens."""
+        return int(min(self.config.data.seq_len, self.model_cfg.max_seq_len))
+
+
+def model_config(config: Any, tokenizer: Any) -> Any:
+    """ModelConfig of a training config (model.vocab_size 0 = the tokenizer's)."""
+    from llmjax.model import ModelConfig
+
+    d = _as_dict(config.model)
+    d = dict(d)
+    if not d.get("vocab_size"):
+        d["vocab_size"] = tokenizer.vocab_size
+    return ModelConfig.from_dict(d)
+
+
+def load_run(workdir: str) -> Run:
+    """Reads config.json and tokenizer/ of a run; UserError naming what is missing."""
+    from ml_collections import ConfigDict
+
+    from llmjax.data.tokenizer import load_tokenizer_file
+
+    if not os.path.isdir(workdir):
+        raise UserError(f"--workdir={workdir}: no such directory")
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise UserError(f"--workdir={workdir}: no config.json (not a training run directory)")
+    try:
+        with open(path) as f:
+            config = ConfigDict(json.load(f))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read ({' '.join(str(e).split())[:200]})") from None
+    tok_dir = os.path.join(workdir, "tokenizer")
+    if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+        raise UserError(f"--workdir={workdir}: no tokenizer/tokenizer.json")
+    tokenizer = load_tokenizer_file(tok_dir)
+    return Run(os.path.abspath(workdir), config, tokenizer, model_config(config, tokenizer))
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+    """Steps with a complete checkpoint, ascending."""
+    from llmjax.train.checkpoint import CHECKPOINT_DIR, complete_steps
+
+    return complete_steps(os.path.join(workdir, CHECKPOINT_DIR))
+
+
+def _abstract_params(model_cfg: Any, device: Any = None) -> tuple[Any, Any]:
+    """(graphdef, pure-dict tree of ShapeDtypeStructs on `device`) of the model's parameters."""
+    import jax
+    from flax import nnx
+
+    from llmjax.model import Transformer
+
+    graphdef, abstract, _ = nnx.split(
+        nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))), nnx.Param, ...)
+    sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+    tree = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                        nnx.to_pure_dict(abstract))
+    return graphdef, tree
+
+
+def load_params(workdir: str, step: int | None = None, model_cfg: Any = None
+                ) -> tuple[Any, Any, int]:
+    """(graphdef, params as a pure dict on one device, step) from a run's checkpoint.
+
+    Reads only the `params` subtree of the saved TrainState (orbax partial restore), with a bare
+    orbax checkpointer: no CheckpointManager, so probing a run that is still training cannot
+    disturb its in-flight saves. step=None: the latest complete checkpoint.
+    """
+    import orbax.checkpoint as ocp
+
+    from llmjax.train.checkpoint import CHECKPOINT_DIR
+
+    steps = checkpoint_steps(workdir)
+    if not steps:
+        raise UserError(f"--workdir={workdir}: no complete checkpoint in {CHECKPOINT_DIR}/")
+    if step is None:
+        step = steps[-1]
+    if step not in steps:
+        raise UserError(f"--step={step}: no complete checkpoint at that step; available: "
+                        f"{', '.join(map(str, steps))}")
+    if model_cfg is None:
+        model_cfg = load_run(workdir).model_cfg
+    graphdef, abstract = _abstract_params(model_cfg)
+    target = {"params": abstract}
+    path = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR, str(step), "state")
+    restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+    return graphdef, restored["params"], step
+
+
+def training_tokens(workdir: str, step: int, config: Any) -> int:
+    """Training tokens seen at `step`: the checkpoint's meta, else step * batch * seq_len."""
+    from llmjax.train.checkpoint import CHECKPOINT_DIR
+
+    try:
+        with open(os.path.join(workdir, CHECKPOINT_DIR, str(step), "meta", "metadata")) as f:
+            return int(json.load(f)["tokens"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return int(step) * int(config.data.batch_size) * int(config.data.seq_len)
+
+
+# ----------------------------------------------------------------------------- probe data
+
+
+def _synthetic_overrides(config: Any) -> dict[str, Any] | None:
+    """SyntheticConfig overrides of the run's dataset, None when it is not synthetic."""
+    from llmjax.data import builders
+
+    data = config.data
+    spec = builders.resolve_dataset(data.dataset, source=data.get("source"),
+                                    synthetic=_as_dict(data.get("synthetic")) or None)
+    kind, _, arg = spec.partition(":")
+    if kind != "synthetic":
+        return None
+    return builders.parse_overrides(arg)
+
+
+def world_of(config: Any) -> tuple[Any, bool]:
+    """(World of the run's synthetic corpus or the default world, is_the_runs_own_world)."""
+    from llmjax.data import builders
+    from llmjax.data.synthetic import build_world
+
+    overrides = _synthetic_overrides(config)
+    return build_world(builders.synthetic_config(overrides or {})), overrides is not None
+
+
+def validation_texts(config: Any, n: int) -> list[str]:
+    """The first n documents of the run's validation split."""
+    from llmjax.data import builders
+    from llmjax.data.synthetic import generate_documents
+
+    overrides = _synthetic_overrides(config)
+    if overrides is not None:  # generated on the fly: needs no prepared dataset
+        out = []
+        for doc in generate_documents(builders.synthetic_config(overrides), "validation"):
+            if len(out) >= n:
+                break
+            out.append(doc)
+        return out
+    data = config.data
+    spec = builders.resolve_dataset(data.dataset, source=data.get("source"))
+    source = builders.load_split(spec, "validation", data.get("data_dir"))
+    return [bytes(r["text"]).decode("utf-8", errors="replace")
+            for r in (source[i] for i in range(min(n, len(source))))]
+
+
+def induction_pool(tokenizer: Any) -> np.ndarray:
+    """Token ids for the random sequences of the prefix-matching probe: the lowercase letters
+    for the byte tokenizer (what its corpora are made of), else every non-special id."""
+    if getattr(tokenizer, "name", "") == "byte":
+        return np.asarray(tokenizer.encode("abcdefghijklmnopqrstuvwxyz"), np.int32)
+    lengths = np.asarray(tokenizer.token_byte_lengths())
+    return np.flatnonzero(lengths > 0).astype(np.int32)
+
+
+# ----------------------------------------------------------------------------- probing
+
+
+def _check_options(name: str, spec: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = set(spec) - allowed - {"type"}
+    if unknown:
+        raise UserError(f"evals.{name}: unknown option(s) {', '.join(sorted(unknown))}; "
+                        f"allowed for type {spec['type']!r}: {', '.join(sorted(allowed))}")
+
+
+def probe_model(model: Any, tokenizer: Any, max_len: int, config: Any,
+                evals: Mapping[str, Mapping[str, Any]], *, batch_size: int = 16,
+                log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Runs the suite `evals` on an nnx Transformer; records without step/tokens."""
+    from flax import nnx
+
+    from llmjax.eval import icl, metrics
+    from llmjax.eval.harness import LM
+    from llmjax.eval.tasks import build_task, evaluate
+
+    graphdef, params = nnx.split(model)
+    lm = LM.from_model(graphdef, params, tokenizer, max_len, batch_size=batch_size)
+    world, own_world = world_of(config)
+    texts_cache: dict[int, list[str]] = {}
+
+    def texts(n: int) -> list[str]:
+        if n not in texts_cache:
+            texts_cache[n] = validation_texts(config, n)
+        return texts_cache[n]
+
+    records: list[dict[str, Any]] = []
+
+    def add(task: str, k: int, metric: str, value: float, n: int) -> None:
+        records.append({"task": task, "k": int(k), "metric": metric, "value": float(value),
+                        "n": int(n)})
+
+    for name, spec in evals.items():
+        t0 = time.perf_counter()
+        kind = spec["type"]
+        if kind in ("episode", "sentence", "facts"):
+            if kind == "facts" and not own_world:
+                if log:
+                    log(f"{name}: skipped (the run's data is not the synthetic corpus)")
+                continue
+            task = build_task(name, spec, world)
+            for k in task.ks:
+                for s in evaluate(lm, task, k):
+                    add(name, k, s.metric, s.value, s.n)
+        elif kind == "icl":
+            _check_options(name, spec, {"n", "early", "late"})
+            score = icl.icl_score(lm, texts(int(spec.get("n", 64))),
+                                  early=spec.get("early") or None, late=spec.get("late") or None)
+            for metric, value in (("icl_score", score.score), ("loss_early", score.early_loss),
+                                  ("loss_late", score.late_loss),
+                                  ("icl_score_stderr", score.stderr),
+                                  ("position_early", score.early),
+                                  ("position_late", score.late)):
+                add(name, 0, metric, value, score.n_docs)
+        elif kind == "induction":
+            _check_options(name, spec, {"n_seqs", "seq_len", "seed"})
+            pool = induction_pool(tokenizer)
+            seq_len = int(spec.get("seq_len") or min(len(pool), (max_len - 1) // 2, 32))
+            if not 1 <= seq_len <= (max_len - 1) // 2:
+                raise UserError(f"evals.{name}.seq_len={seq_len}: the repeated sequence and BOS "
+                                f"must fit the window; allowed 1..{(max_len - 1) // 2}")
+            n_seqs = int(spec.get("n_seqs", 16))
+            pm = icl.prefix_matching_scores(model, tokenizer.vocab_size, seq_len, n_seqs,
+                                            int(spec.get("seed", 0)), tokens=pool,
+                                            bos_id=tokenizer.bos_id)
+            cp = icl.copying_scores(model, pool)
+            for layer in range(pm.shape[0]):
+                for head in range(pm.shape[1]):
+                    add(name, 0, f"prefix_matching_l{layer}h{head}", pm[layer, head], n_seqs)
+                    add(name, 0, f"copying_l{layer}h{head}", cp[layer, head], len(pool))
+            best = icl.strongest_induction_head(pm, cp)
+            add(name, 0, "prefix_matching_max", best.prefix_matching, n_seqs)
+            add(name, 0, "copying_of_max", best.copying, len(pool))
+            add(name, 0, "strongest_layer", best.layer, n_seqs)
+            add(name, 0, "strongest_head", best.head, n_seqs)
+        elif kind == "perplexity":
+            _check_options(name, spec, {"n"})
+            docs = texts(int(spec.get("n", 32)))
+            scores = lm.rolling_token_scores(docs)
+            lls = [s.loglikelihood for s in scores]
+            n_tok = [len(s.logprobs) for s in scores]
+            n_bytes = [metrics.count_bytes(d) for d in docs]
+            n_words = [metrics.count_words(d) for d in docs]
+            add(name, 0, "perplexity", metrics.perplexity(lls, n_tok), len(docs))
+            add(name, 0, "bits_per_byte", metrics.bits_per_byte(lls, n_bytes), len(docs))
+            add(name, 0, "word_perplexity", metrics.word_perplexity(lls, n_words), len(docs))
+        if log:
+            log(f"{name}: {time.perf_counter() - t0:.1f}s")
+    return records
+
+
+def probe_params(workdir: str, config: Any, tokenizer: Any, params: Any, step: int,
+                 tokens: int | None = None, *, tasks: Sequence[str] | None = None,
+                 log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """The training hook: probes in-memory parameters (pure dict, as TrainState.params) of
+    `config` at `step` and merges the records into `<workdir>/probes.jsonl`."""
+    import jax
+    from flax import nnx
+
+    model_cfg = model_config(config, tokenizer)
+    graphdef, _ = _abstract_params(model_cfg)
+    params = jax.device_put(params, jax.devices()[0])  # eval on one device, whatever the mesh
+    model = nnx.merge(graphdef, params)
+    max_len = int(min(config.data.seq_len, model_cfg.max_seq_len))
+    evals = resolve_evals(config.get("evals"), tasks)
+    records = probe_model(model, tokenizer, max_len, config, evals, log=log)
+    if tokens is None:
+        tokens = int(step) * int(config.data.batch_size) * int(config.data.seq_len)
+    for r in records:
+        r["step"], r["tokens"] = int(step), int(tokens)
+    write_records(workdir, records)
+    return records
+
+
+def run_probes(workdir: str, steps: None | str | int | Sequence[int] = None,
+               evals_config: Mapping[str, Any] | None = None, *,
+               tasks: Sequence[str] | None = None,
+               log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Probes checkpoints of a run and merges the records into `<workdir>/probes.jsonl`.
+
+    steps: None or 'latest' (the latest checkpoint), 'all', a step, or a list of steps.
+    evals_config: the suite (default: the run's `config.evals`, or `default_evals()`).
+    Returns the new records (fields: task, k, metric, value, step, n, tokens).
+    """
+    from flax import nnx
+
+    run = load_run(workdir)
+    available = checkpoint_steps(workdir)
+    if not available:
+        raise UserError(f"--workdir={workdir}: no complete checkpoint to probe")
+    if steps is None or steps == "latest":
+        chosen = [available[-1]]
+    elif steps == "all":
+        chosen = available
+    elif isinstance(steps, int | np.integer):
+        chosen = [int(steps)]
+    elif isinstance(steps, str):
+        raise UserError(f"steps={steps!r}: use 'latest', 'all', a step or a list of steps")
+    else:
+        chosen = [int(s) for s in steps]
+    missing = [s for s in chosen if s not in available]
+    if missing:
+        raise UserError(f"--step={missing[0]}: no complete checkpoint at that step; available: "
+                        f"{', '.join(map(str, available))}")
+    evals = resolve_evals(evals_config if evals_config is not None
+                          else run.config.get("evals"), tasks)
+    out: list[dict[str, Any]] = []
+    for step in chosen:
+        graphdef, params, _ = load_params(workdir, step, run.model_cfg)
+        model = nnx.merge(graphdef, params)
+        t0 = time.perf_counter()
+        records = probe_model(model, run.tokenizer, run.max_len, run.config, evals, log=log)
+        tokens = training_tokens(workdir, step, run.config)
+        for r in records:
+            r["step"], r["tokens"] = step, tokens
+        write_records(workdir, records)
+        if log:
+            log(f"step {step}: {len(records)} records in {time.perf_counter() - t0:.1f}s")
+        out.extend(records)
+    return out
+
+
+# ----------------------------------------------------------------------------- probes.jsonl
+
+
+def read_probes(workdir: str) -> list[dict[str, Any]]:
+    """Records of `<workdir>/probes.jsonl` (a torn last line is skipped)."""
+    path = os.path.join(workdir, PROBES_FILE)
+    out = []
+    if not os.path.exists(path):
+        return out
+    with open(path) as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def _key(r: Mapping[str, Any]) -> tuple:
+    return tuple(r.get(f) for f in RECORD_KEY)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)  # JSON has no NaN / Inf
+    return value
+
+
+def write_records(workdir: str, records: Sequence[Mapping[str, Any]]) -> str:
+    """Merges records into probes.jsonl: same (task, k, metric, step) replaced, others kept,
+    order by (step, task, k, metric); written to a temp file and renamed."""
+    path = os.path.join(workdir, PROBES_FILE)
+    new = {_key(r): {k: _clean(v) for k, v in r.items()} for r in records}
+    merged = {_key(r): r for r in read_probes(workdir) if _key(r) not in new}
+    merged.update(new)
+    rows = sorted(merged.values(), key=lambda r: (r["step"], str(r["task"]), r["k"],
+                                                  str(r["metric"])))
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
