@@ -98,8 +98,12 @@ def plot_loss_vs_compute(analysis: ScalingAnalysis) -> Figure | None:
     if analysis.approach3 is not None:
         fit = analysis.approach3.fit
         grid = np.geomspace(C.min() / 2, C.max() * 4, 120)
-        ax.plot(grid, fit.loss_opt(grid), color="tab:red", ls=":", lw=1.8,
-                label="compute-optimal loss of the Approach 3 fit")
+        # Only where the fit's N_opt(C) lies among the sizes trained: outside, the parametric
+        # law is extrapolated off the data and (for collinear N, D) can fall far below it.
+        inside = (fit.n_opt(grid) >= N.min()) & (fit.n_opt(grid) <= N.max())
+        if inside.any():
+            ax.plot(grid[inside], fit.loss_opt(grid[inside]), color="tab:red", ls=":", lw=1.8,
+                    label="compute-optimal loss of the Approach 3 fit (N_opt within sizes trained)")
     _log_axes(ax)
     ax.set_xlabel(compute_label(analysis))
     ax.set_ylabel(LOSS_LABEL)
