@@ -158,7 +158,7 @@ def base_config() -> ConfigDict:
 # --------------------------------------------------------------------------- loading
 
 
-def _resolve_path(path: str) -> str:
+def resolve_config_path(path: str) -> str:
     """A config path as given, or a bare name `tiny` -> experiments/configs/tiny.py in the repo."""
     if os.path.exists(path):
         return path
@@ -177,7 +177,7 @@ def _one_line(e: BaseException) -> str:
     return msg if len(msg) < 400 else msg[:400] + " ..."
 
 
-def _normalize_override(o: str) -> str:
+def normalize_override(o: str) -> str:
     o = o.strip()
     if o.startswith("--config."):
         return o
@@ -209,7 +209,7 @@ def parse_flags(argv: Sequence[str], extra_flags: Mapping[str, str] | None = Non
     if spec is None:
         raise UserError("--config is required (e.g. --config=experiments/configs/tiny.py)")
     path, _, arg = spec.partition(":")
-    resolved = _resolve_path(path)
+    resolved = resolve_config_path(path)
     full_spec = resolved + (":" + arg if arg else "")
     argv = [f"--config={full_spec}" if a.startswith("--config=") else a for a in argv]
     argv = ["llmjax"] + argv
@@ -280,7 +280,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
     Same parser as the command line, so the sweep runner and `llmjax train` agree exactly.
     Not validated: call `validate(config, num_devices)` before use.
     """
-    config, _ = parse_flags([f"--config={spec}", *(_normalize_override(o) for o in overrides)])
+    config, _ = parse_flags([f"--config={spec}", *(normalize_override(o) for o in overrides)])
     return config
 
 

@@ -244,7 +244,7 @@ def resolve_spec(spec: str) -> tuple[str, str | None]:
     from llmjax import config as config_lib
 
     path, sep, arg = spec.partition(":")
-    resolved = os.path.abspath(config_lib._resolve_path(path))
+    resolved = os.path.abspath(config_lib.resolve_config_path(path))
     return resolved, (arg if sep else None)
 
 
@@ -299,7 +299,7 @@ def load_sweep(spec: str, extra_overrides: Sequence[str] = (), num_devices: int 
 
     path, arg = resolve_spec(spec)
     full_spec = path + (f":{arg}" if arg is not None else "")
-    extra = [config_lib._normalize_override(o) for o in extra_overrides]
+    extra = [config_lib.normalize_override(o) for o in extra_overrides]
     points: list[Point] = []
     seen: dict[str, int] = {}
     for i, overrides in enumerate(get_points(spec)):
