@@ -1,10 +1,25 @@
 """induction: a small attention-only transformer on repeated random spans (Olsson et al. 2022).
 
 The classic induction-head setting: no MLP, byte tokens, documents made only of the synthetic
-corpus's `repeats` family (random-letter spans that recur within a context), a constant learning
-rate after warmup (a short cosine schedule cuts the rate before the heads form). With 2 layers a
-previous-token head in layer 0 and an induction head in layer 1 form after a plateau, and the
-in-context-learning score drops; a 1-layer model can form neither.
+corpus's `repeats` family, constant learning rate after warmup (a short cosine schedule cuts the
+rate before the heads form). With 2 layers, a previous-token head in layer 0 and an induction head
+in layer 1 form after a plateau, and the in-context-learning score drops; a 1-layer model can form
+neither. Measured on 2 CPU cores (tests/test_induction.py, 1400 steps, ~15 s per model): the
+2-layer model's prefix-matching score jumps from ~0.07 to ~0.7 between steps 1000 and 1200
+(1.0-1.2M tokens, seeds 0 and 1) while its ICL score falls from ~+0.1 to ~-2.1 nats; the 1-layer
+model stays at prefix matching ~0.05 and ICL ~+0.3.
+
+Choices that matter (each measured at seq_len 64, lr 3e-3 unless stated): learned absolute
+positions, not RoPE: with RoPE a layer-0 head has no content-independent direction to build a
+previous-token head from, and no induction head formed within 2000 steps on this data. One
+random-letter span per document repeated 8 times back to back: after its first occurrence every
+token is predictable by induction, and the period changes with the span's length, so a
+fixed-offset positional head cannot stand in for prefix matching; with the default repeats mix
+(filler words, 2-4 occurrences; RoPE) none formed within 6000 steps. lr 1e-2 never left the
+plateau within 1400 steps.
+
+The default run (2000 steps, a checkpoint kept every 100) spans the phase change, so
+`llmjax probe --all_steps` traces it.
 
     llmjax train --config=experiments/configs/induction.py --workdir=runs/induction
     llmjax train --config=experiments/configs/induction.py:layers=1 --workdir=runs/induction_1l
@@ -39,12 +54,13 @@ def get_config(arg: str | None = None) -> ConfigDict:
     seq_len = args.get("seq_len", 64)
     config = base_config()
     config.seed = args.get("seed", 0)
-    config.steps = args.get("steps", 1000)
+    config.steps = args.get("steps", 2000)
     config.log_every = 50
     config.eval_every = 200
     config.eval_batches = 2
-    config.checkpoint_every = 200
-    config.keep_checkpoints = 4
+    config.checkpoint_every = 100
+    config.keep_checkpoints = 2
+    config.keep_every = 100  # keep every checkpoint: probes trace the phase change
 
     m = config.model
     m.vocab_size = 0  # the byte tokenizer's 259
