@@ -272,3 +272,17 @@ def test_probe_cli_errors_are_one_line(tiny_run, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and needle in err and "\n" not in err
+
+
+def test_training_hook_on_in_memory_params_matches_the_checkpoint_probe(tiny_run, tmp_path):
+    from llmjax.eval import probe
+
+    run = probe.load_run(tiny_run)
+    _, params, step = probe.load_params(tiny_run, 15, run.model_cfg)
+    hook = probe.probe_params(str(tmp_path), run.config, run.tokenizer, params, step,
+                              tokens=123, tasks=["recall", "icl"])
+    assert {(r["step"], r["tokens"]) for r in hook} == {(15, 123)}
+    assert _read(str(tmp_path)) == sorted(hook, key=lambda r: (r["task"], r["k"], r["metric"]))
+    from_ckpt = probe.run_probes(tiny_run, 15, tasks=["recall", "icl"])
+    assert {(r["task"], r["k"], r["metric"]): r["value"] for r in hook} == pytest.approx(
+        {(r["task"], r["k"], r["metric"]): r["value"] for r in from_ckpt}, abs=1e-6)

@@ -35,6 +35,7 @@ how the tests plug in a hand-built model with exactly known log-probabilities.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
@@ -110,54 +111,89 @@ def rolling_windows(tokens: Sequence[int], prefix_token: int, max_len: int,
         done = end
 
 
+@dataclasses.dataclass(frozen=True)
+class _ModelApply:
+    """(params, tokens) -> logits of an nnx model given by its graphdef; hashable by graphdef, so
+    every LM over the same architecture shares one compiled program per shape."""
+
+    graphdef: Any
+
+    def __call__(self, params: Any, tokens: jax.Array) -> jax.Array:
+        from flax import nnx
+
+        return nnx.merge(self.graphdef, params)(tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stateless:
+    """(params, tokens) -> logits_fn(tokens): a params-free model such as a hand-built fake."""
+
+    logits_fn: Callable[[jax.Array], jax.Array]
+
+    def __call__(self, params: Any, tokens: jax.Array) -> jax.Array:
+        return self.logits_fn(tokens)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _score(apply: Callable[[Any, jax.Array], jax.Array], params: Any, tokens: jax.Array,
+           targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(log p(targets) float32 [batch, seq], targets == argmax bool [batch, seq])."""
+    logits = apply(params, tokens).astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    lp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return lp, jnp.argmax(logits, axis=-1) == targets
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _next_token(apply: Callable[[Any, jax.Array], jax.Array], params: Any, tokens: jax.Array,
+                lengths: jax.Array) -> jax.Array:
+    """Greedy next token int32 [batch] after the first lengths[b] tokens of each row."""
+    logits = apply(params, tokens)
+    last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    return jnp.argmax(last, axis=-1).astype(jnp.int32)
+
+
 class LM:
     """A language model behind lm-eval's request types (see the module doc for conventions).
 
-    apply: (params, tokens int32 [batch, seq]) -> logits [batch, seq, vocab]; params: its first
-    argument (any pytree); max_len: longest window in tokens (the run's training seq_len);
-    batch_size: rows per forward pass; min_len: shortest length bucket.
+    logits_fn: tokens int32 [batch, seq] -> logits [batch, seq, vocab] (a params-free model);
+    or `LM.from_model` for an nnx model with its parameters. max_len: longest window in tokens
+    (the run's training seq_len); batch_size: rows per forward pass; min_len: shortest bucket.
     """
 
-    def __init__(self, logits_fn: Callable[[jax.Array], jax.Array], tokenizer: TokenizerLike,
-                 max_len: int, *, batch_size: int = 16, min_len: int = 16,
-                 params: Any = None, apply: Callable[[Any, jax.Array], jax.Array] | None = None):
+    def __init__(self, logits_fn: Callable[[jax.Array], jax.Array] | None,
+                 tokenizer: TokenizerLike, max_len: int, *, batch_size: int = 16,
+                 min_len: int = 16, params: Any = None,
+                 apply: Callable[[Any, jax.Array], jax.Array] | None = None):
         if max_len < 2:
             raise ValueError(f"max_len must be >= 2, got {max_len}")
+        if (logits_fn is None) == (apply is None):
+            raise ValueError("give exactly one of logits_fn and apply")
         self.tokenizer = tokenizer
         self.max_len = int(max_len)
         self.batch_size = int(batch_size)
         self.min_len = int(min_len)
         self.params = params
-        apply = apply if apply is not None else (lambda _, tokens: logits_fn(tokens))
-
-        def score(params: Any, tokens: jax.Array, targets: jax.Array
-                  ) -> tuple[jax.Array, jax.Array]:
-            logits = apply(params, tokens).astype(jnp.float32)
-            logp = jax.nn.log_softmax(logits, axis=-1)
-            lp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-            return lp, jnp.argmax(logits, axis=-1) == targets
-
-        def next_token(params: Any, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
-            logits = apply(params, tokens)
-            last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
-            return jnp.argmax(last, axis=-1).astype(jnp.int32)
-
-        self._score = jax.jit(score)
-        self._next_token = jax.jit(next_token)
+        # apply must be hashable: it is a static argument of the jitted functions.
+        self._apply = apply if apply is not None else _Stateless(logits_fn)
         pad = getattr(tokenizer, "pad_id", 0)
         self._pad = pad if 0 <= pad < tokenizer.vocab_size else 0
+
+    def _score(self, params: Any, tokens: np.ndarray, targets: np.ndarray
+               ) -> tuple[jax.Array, jax.Array]:
+        return _score(self._apply, params, tokens, targets)
+
+    def _next_token(self, params: Any, tokens: np.ndarray, lengths: np.ndarray) -> jax.Array:
+        return _next_token(self._apply, params, tokens, lengths)
 
     @classmethod
     def from_model(cls, graphdef: Any, params: Any, tokenizer: TokenizerLike, max_len: int,
                    **kwargs: Any) -> LM:
         """An LM over an nnx model split into (graphdef, params) (params: nnx.State or the pure
-        dict the train state holds); params stay an argument of the jitted functions."""
-        from flax import nnx
-
-        def apply(p: Any, tokens: jax.Array) -> jax.Array:
-            return nnx.merge(graphdef, p)(tokens)
-
-        return cls(None, tokenizer, max_len, params=params, apply=apply, **kwargs)  # type: ignore[arg-type]
+        dict the train state holds); params stay an argument of the jitted functions, and LMs
+        over the same graphdef reuse the compiled programs."""
+        return cls(None, tokenizer, max_len, params=params, apply=_ModelApply(graphdef),
+                   **kwargs)
 
     # ------------------------------------------------------------------ encoding
 

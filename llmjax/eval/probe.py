@@ -7,10 +7,12 @@ probe name to its settings, `type` first. An empty `config.evals` means `default
 
   type      options (defaults)                   what it records (k = 0 unless few-shot)
   episode   kind, ks (0,1,2,4,8,16), n (32),     `tasks.evaluate` metrics per k (exact_match,
-            seed (0), num_examples (max ks + 1)   *_hard, acc, baselines, ...)
+            seed (0), num_examples (max ks + 1),  *_hard, acc, baselines, ...)
+            sampler ('default' | 'first_n')
   sentence  ks, n (16), seed, min/max_words       + bleu, chrf, rouge1/2/L
   facts     n (64), seed                          zero-shot acc over the attribute's values, ...
-  icl       n (64), early, late (0 = scaled)     icl_score, loss_early, loss_late (nats),
+  icl       n (64), early, late (0 = scaled)     icl_score, loss_early, loss_late (nats) over
+                                                  the first n documents reaching `late`,
                                                   position_early, position_late
   induction n_seqs (16), seq_len (0 = auto),     prefix_matching_l{L}h{H}, copying_l{L}h{H},
             seed (0)                              prefix_matching_max, copying_of_max,
@@ -51,8 +53,9 @@ PROBE_TYPES = ("episode", "sentence", "facts", "icl", "induction", "perplexity")
 
 def default_evals() -> dict[str, dict[str, Any]]:
     """The default suite: every episode kind at k in KS, the sentence and facts tasks, the ICL
-    score, induction heads and validation perplexity (670 records; ~16 s per checkpoint of
-    experiments/configs/tiny.py on 2 CPU cores, compilation included)."""
+    score, induction heads and validation perplexity: 670 records per checkpoint. On 2 CPU cores,
+    for experiments/configs/tiny.py: ~7 s for the first checkpoint (compilation included), ~3.5 s
+    for each further one of the same run (the compiled programs are reused)."""
     from llmjax.data.synthetic import EPISODE_KINDS
     from llmjax.eval.tasks import KS
 
@@ -312,8 +315,16 @@ def probe_model(model: Any, tokenizer: Any, max_len: int, config: Any,
                     add(name, k, s.metric, s.value, s.n)
         elif kind == "icl":
             _check_options(name, spec, {"n", "early", "late"})
-            score = icl.icl_score(lm, texts(int(spec.get("n", 64))),
-                                  early=spec.get("early") or None, late=spec.get("late") or None)
+            n = int(spec.get("n", 64))
+            early = int(spec.get("early") or icl.default_icl_positions(max_len)[0])
+            late = int(spec.get("late") or icl.default_icl_positions(max_len)[1])
+            # The first n validation documents that reach the late position.
+            long_enough = [t for t in texts(4 * n) if len(lm.encode_context(t)) > late][:n]
+            if not long_enough:
+                if log:
+                    log(f"{name}: skipped (no validation document has {late} tokens)")
+                continue
+            score = icl.icl_score(lm, long_enough, early=early, late=late)
             for metric, value in (("icl_score", score.score), ("loss_early", score.early_loss),
                                   ("loss_late", score.late_loss),
                                   ("icl_score_stderr", score.stderr),
