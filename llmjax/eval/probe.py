@@ -53,7 +53,7 @@ PROBE_TYPES = ("episode", "sentence", "facts", "icl", "induction", "perplexity")
 
 def default_evals() -> dict[str, dict[str, Any]]:
     """The default suite: every episode kind at k in KS, the sentence and facts tasks, the ICL
-    score, induction heads and validation perplexity: 670 records per checkpoint. On 2 CPU cores,
+    score, induction heads and validation perplexity: ~700 records per checkpoint. On 2 CPU cores,
     for experiments/configs/tiny.py: ~7 s for the first checkpoint (compilation included), ~3.5 s
     for each further one of the same run (the compiled programs are reused)."""
     from llmjax.data.synthetic import EPISODE_KINDS

@@ -17,8 +17,9 @@ Tasks (`TASK_TYPES`):
             help): knowledge held in the weights, for contrast
 
 Scoring (`evaluate`), per (task, k), each metric averaged over documents:
-  generation (greedy, until the episode separator): exact_match, normalized_token_edit_distance,
-    chrf (corpus); the sentence task adds bleu, rouge1, rouge2, rougeL
+  generation (greedy, until the episode separator): exact_match, token_edit_distance and
+    normalized_token_edit_distance (target tokens; Schaeffer et al.'s smooth counterpart of exact
+    match), chrf (corpus); the sentence task adds bleu, rouge1, rouge2, rougeL
   target log-likelihood: target_logprob (nats), target_cross_entropy (nats / token)
   multiple choice over the episode's answer set (where finite): acc, acc_norm, brier_score
   baselines: baseline_chance (a uniform guess over the answer set), baseline_freq (the answer most
@@ -324,9 +325,11 @@ def evaluate(lm: Any, task: Task, k: int) -> list[Score]:
     refs = [it.target for it in items]
     em = np.array([metrics.exact_match(p, r) for p, r in zip(preds, refs, strict=True)])
     add("exact_match", em.mean())
-    ted = [metrics.normalized_token_edit_distance(lm.tokenizer.encode(p), lm.tokenizer.encode(r))
-           for p, r in zip(preds, refs, strict=True)]
-    add("normalized_token_edit_distance", float(np.mean(ted)))
+    pairs = [(lm.tokenizer.encode(p), lm.tokenizer.encode(r)) for p, r in zip(preds, refs,
+                                                                             strict=True)]
+    add("token_edit_distance", np.mean([metrics.token_edit_distance(p, r) for p, r in pairs]))
+    add("normalized_token_edit_distance",
+        np.mean([metrics.normalized_token_edit_distance(p, r) for p, r in pairs]))
     for name in task.generation_metrics:
         if name in ("chrf", "bleu", "rouge1", "rouge2", "rougeL"):
             add(name, metrics.aggregate(name, list(zip(preds, refs, strict=True))))
