@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from llmjax.errors import UserError
+from llmjax.jsonl import read_jsonl
 
 PROBES_FILE = "probes.jsonl"
 RECORD_KEY = ("task", "k", "metric", "step")
@@ -444,17 +445,7 @@ def run_probes(workdir: str, steps: None | str | int | Sequence[int] = None,
 
 def read_probes(workdir: str) -> list[dict[str, Any]]:
     """Records of `<workdir>/probes.jsonl` (a torn last line is skipped)."""
-    path = os.path.join(workdir, PROBES_FILE)
-    out = []
-    if not os.path.exists(path):
-        return out
-    with open(path) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
+    return read_jsonl(os.path.join(workdir, PROBES_FILE))
 
 
 def _key(r: Mapping[str, Any]) -> tuple:

@@ -17,24 +17,15 @@ import sys
 import time
 from typing import Any, TextIO
 
+from llmjax.jsonl import read_jsonl
+
 METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(workdir: str, kind: str | None = None) -> list[dict[str, Any]]:
     """Records of `<workdir>/metrics.jsonl` (optionally one `kind` only); skips a torn line."""
-    path = os.path.join(workdir, METRICS_FILE)
-    out = []
-    if not os.path.exists(path):
-        return out
-    with open(path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a kill
-            if kind is None or rec.get("kind") == kind:
-                out.append(rec)
-    return out
+    records = read_jsonl(os.path.join(workdir, METRICS_FILE))
+    return [r for r in records if kind is None or r.get("kind") == kind]
 
 
 def _clean(value: Any) -> Any:
