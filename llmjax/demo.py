@@ -1,11 +1,11 @@
 """`make demo`: the main job, end to end, on the embedded synthetic data.
 
-    python -m llmjax.demo --workdir=demo [--config=experiments/configs/scaling_demo.py] [--parallel=2]
+    python -m llmjax.demo --workdir=demo [--config=FILE] [--parallel=2]
 
 1. build the `synthetic` dataset (seconds; a no-op when already built);
-2. run the model-size sweep of `--config` (each point its own `llmjax train` subprocess; finished
-   points are skipped, so rerunning after an interruption resumes);
-3. probe every finished run for in-context abilities (`llmjax probe`, when the config declares evals);
+2. run the model-size sweep of `--config` (default experiments/configs/scaling_demo.py; each
+   point is its own `llmjax train` subprocess; finished points are skipped, so a rerun resumes);
+3. probe every finished run for in-context abilities (`llmjax probe`);
 4. gather the runs into results.csv / curves.csv (`llmjax results`);
 5. fit the scaling laws and write the report (`llmjax report`), then print where it is and its
    headline numbers.
@@ -57,7 +57,8 @@ def _finished_runs(workdir: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmjax.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m llmjax.demo",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default="demo")
     parser.add_argument("--config", default=DEFAULT_CONFIG)
     parser.add_argument("--parallel", type=int, default=2)
