@@ -45,6 +45,8 @@ COARSE_GRID: dict[str, tuple[float, ...]] = {
 }
 # |corr(log N, log D)| above this: N and D are collinear and Approach 3 is not identified.
 COLLINEAR = 0.999
+# Model sizes within this relative tolerance count as one size.
+SIZE_RTOL = 1e-3
 
 GRIDS: dict[str, Mapping[str, tuple[float, ...]]] = {
     "paper": scaling.PAPER_GRID,
@@ -364,18 +366,6 @@ class ScalingAnalysis:
         return out
 
 
-def _size_labels(N: np.ndarray, rtol: float = 1e-3) -> np.ndarray:
-    """Model-size cluster of each N (0 = smallest); sizes within rtol count as one."""
-    order = np.argsort(N, kind="stable")
-    labels = np.empty(len(N), np.int64)
-    label, first = -1, -np.inf
-    for i in order:
-        if math.log(N[i]) > first + math.log1p(rtol):
-            label, first = label + 1, math.log(N[i])
-        labels[i] = label
-    return labels
-
-
 def best_per_point(runs: list[Run]) -> tuple[list[Run], list[Run]]:
     """Keep the lowest final eval loss per (N, D): the best learning rate (Li et al. 2025)."""
     groups: dict[tuple, list[Run]] = {}
@@ -438,7 +428,8 @@ def _loss_vs_n(used: list[Run], opts: AnalysisOptions, absent: dict) -> PowerLaw
     """Final eval loss vs N: runs without a budget (the size sweep), lowest loss per size."""
     pool = [r for r in used if r.budget is None] or used
     best: dict[int, Run] = {}
-    labels = _size_labels(np.array([r.n_non_embedding for r in pool])) if pool else []
+    sizes = np.array([r.n_non_embedding for r in pool])
+    labels = scaling.cluster_labels(sizes, SIZE_RTOL) if pool else []
     for r, lab in zip(pool, labels, strict=True):
         if lab not in best or r.final_eval_loss < best[lab].final_eval_loss:
             best[lab] = r
@@ -669,7 +660,7 @@ def _approach3(used, curves, opts: AnalysisOptions, absent: dict) -> ChinchillaS
             f"Approach 3 needs at least 6 (N, D, loss) points; the sweep gives {len(N)}."
         )
         return None
-    n_sizes = len(np.unique(_size_labels(N)))
+    n_sizes = len(np.unique(scaling.cluster_labels(N, SIZE_RTOL)))
     if n_sizes < 3:
         absent["approach3"] = (
             f"Approach 3 needs at least 3 model sizes to pin down A/N^α next to E; got {n_sizes}."
@@ -725,7 +716,7 @@ def _extrapolations(
     k = opts.holdout_largest
     if loss_vs_n is not None:
         x, y, names = loss_vs_n.x, loss_vs_n.y, loss_vs_n.names
-        held = _size_labels(x) >= len(x) - k
+        held = scaling.cluster_labels(x, SIZE_RTOL) >= len(x) - k
         n_train = int((~held).sum())
         if n_train < 3:
             absent["extrapolation"] = (
@@ -750,7 +741,7 @@ def _extrapolations(
         absent["extrapolation"] = "The extrapolation check needs the L(N) fit, which is absent."
     if approach3 is not None:
         N, D, L, run_idx, n_final = approach3_points(used, curves, opts)
-        labels = _size_labels(N)
+        labels = scaling.cluster_labels(N, SIZE_RTOL)
         held = labels >= labels.max() + 1 - k
         train = ~held
         is_final = np.arange(len(N)) < n_final

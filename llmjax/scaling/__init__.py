@@ -11,6 +11,7 @@
 Units throughout: N parameters, D tokens, C training FLOPs (C = 6 N D), L loss in nats per token.
 """
 
+from llmjax.scaling._inputs import cluster_labels
 from llmjax.scaling.allocation import Allocation
 from llmjax.scaling.bootstrap import (
     BootstrapResult,
@@ -40,6 +41,7 @@ __all__ = [
     "bootstrap_fit",
     "bootstrap_isoflop",
     "bootstrap_power_law",
+    "cluster_labels",
     "extrapolation_check",
     "fit_chinchilla",
     "fit_envelope",
