@@ -123,6 +123,18 @@ def _fit(context_of: Any, shots: list[Doc], budget: int, n_tokens: Any) -> tuple
     return context, shots
 
 
+def _fit_episode_prompt(doc: Doc, shots: list[Doc], description: str, fmt: Any,
+                        tokenizer: Any, budget: int) -> tuple[str, list[Doc]]:
+    """The episode-format k-shot context for `doc`, dropping shots from the front until it and
+    BOS fit in `budget` tokens; returns (context, shots kept)."""
+
+    def context_of(s: list[Doc]) -> str:
+        return render_fewshot_prompt(doc, s, description=description, target_delimiter=fmt.qa_sep,
+                                     fewshot_delimiter=fmt.ex_sep, append_target_delimiter=True)
+
+    return _fit(context_of, shots, budget, lambda c: 1 + len(tokenizer.encode(c)))
+
+
 class Task:
     """Base: a named probe with its ks; `items(k, tokenizer, max_len)` builds the documents."""
 
@@ -186,15 +198,8 @@ class EpisodeTask(Task):
             description, docs = episode_docs(ep)
             doc = docs[-1]
             shots = sample_fewshot(doc, docs, k, rng, self.sampler)
-
-            def context_of(s: list[Doc], doc: Doc = doc, description: str = description) -> str:
-                return render_fewshot_prompt(doc, s, description=description,
-                                             target_delimiter=fmt.qa_sep,
-                                             fewshot_delimiter=fmt.ex_sep,
-                                             append_target_delimiter=True)
-
-            context, kept = _fit(context_of, shots, max_len - max_tokens,
-                                 lambda c: 1 + len(tokenizer.encode(c)))
+            context, kept = _fit_episode_prompt(doc, shots, description, fmt, tokenizer,
+                                                max_len - max_tokens)
             choices = answer_set(ep)
             out.append(ProbeItem(
                 doc=dataclasses.replace(doc, choices=choices), context=context,
@@ -247,15 +252,8 @@ class SentenceTask(Task):
             description, pool = episode_docs(ep)
             shots = rng.sample(pool, k)  # the sentence is not in the pool: plain draw (lm-eval)
             max_tokens = len(tokenizer.encode(target)) + 1
-
-            def context_of(s: list[Doc], doc: Doc = doc, description: str = description) -> str:
-                return render_fewshot_prompt(doc, s, description=description,
-                                             target_delimiter=fmt.qa_sep,
-                                             fewshot_delimiter=fmt.ex_sep,
-                                             append_target_delimiter=True)
-
-            context, kept = _fit(context_of, shots, max_len - max_tokens,
-                                 lambda c: 1 + len(tokenizer.encode(c)))
+            context, kept = _fit_episode_prompt(doc, shots, description, fmt, tokenizer,
+                                                max_len - max_tokens)
             n_words = len(target.split())
             freq = frequency_baseline([s.target for s in kept])
             out.append(ProbeItem(
