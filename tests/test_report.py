@@ -17,7 +17,6 @@ import os
 import re
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -317,36 +316,35 @@ def test_bad_flag_is_a_one_line_error():
     assert rc == 2 and "n_boot" in err and len(err.strip().splitlines()) == 1
 
 
-def test_missing_tables_without_the_sweep_collector_tell_the_user_what_to_run(
-    tmp_path, monkeypatch
-):
-    (tmp_path / "runs").mkdir()
-    monkeypatch.setitem(sys.modules, "llmjax.sweep", None)  # import of the collector fails
+def test_missing_tables_tell_the_user_what_to_run(tmp_path):
     rc, _, err = run_cli(["report", f"--workdir={tmp_path}"])
     assert rc == 2 and f"llmjax results --workdir={tmp_path}" in err
 
 
-def test_missing_tables_are_collected_from_runs_first(tmp_path, monkeypatch):
-    (tmp_path / "runs").mkdir()
-    rows, _ = make_sweep(curves=False)
-    calls = []
-
-    def collect_results(workdir):  # llmjax.sweep.results' contract: returns (rows, curves)
-        calls.append(workdir)
-        return [dict(r, budget=None) for r in rows], []
-
-    package = types.ModuleType("llmjax.sweep")
-    module = types.ModuleType("llmjax.sweep.results")
-    module.collect_results = collect_results
-    package.results = module
-    monkeypatch.setitem(sys.modules, "llmjax.sweep", package)
-    monkeypatch.setitem(sys.modules, "llmjax.sweep.results", module)
+def test_missing_tables_are_collected_from_runs_first(tmp_path):
+    """Sweep-style run directories (point.json, status.json, metrics.jsonl) and no results.csv:
+    the report runs the real collector, then fits."""
+    rows, _ = make_sweep(sizes=6, curves=False)
+    for r in rows:
+        run = tmp_path / "runs" / r["name"]
+        run.mkdir(parents=True)
+        n, tokens = r["n_non_embedding"], r["tokens"]
+        config = {"seed": 0, "steps": tokens // 1024,
+                  "model": {"d_model": D_MODEL, "n_layers": 2, "n_heads": 2, "vocab_size": VOCAB},
+                  "data": {"seq_len": 128, "batch_size": 8}, "optimizer": {"lr": 1e-3}}
+        cost = {"n_params": n + VOCAB * D_MODEL, "n_non_embedding": n,
+                "n_embedding": VOCAB * D_MODEL, "flops_per_token": 6 * n, "steps": tokens // 1024}
+        (run / "point.json").write_text(json.dumps({"name": r["name"], "config": config,
+                                                    "cost": cost, "overrides": {}}))
+        (run / "status.json").write_text(json.dumps({"status": "complete", "wall_time_s": 1.0}))
+        (run / "metrics.jsonl").write_text(json.dumps(
+            {"kind": "eval", "step": tokens // 1024, "tokens": tokens,
+             "loss": r["final_eval_loss"]}) + "\n")
     rc, out, err = run_cli(["report", f"--workdir={tmp_path}", "--n_boot=20"])
     assert rc == 0, err
-    assert calls == [str(tmp_path)]
     assert f"collected {tmp_path}/runs into {tmp_path}/results.csv" in out
     assert (tmp_path / "results.csv").exists() and (tmp_path / "report" / "report.md").exists()
-    assert "alpha_N = " in out
+    assert "runs: 6 (6 fitted" in out and "alpha_N = " in out
 
 
 def test_console_entry_reports_bad_workdir_in_a_subprocess(tmp_path):

@@ -78,7 +78,8 @@ def test_sweep_style_runs_become_rows_and_curves(tmp_path):
                               {"kind": "eval", "step": 1, "loss": "NaN", "tokens": 32}))
     _sweep_run(w, "pending", status="pending", metrics=None)
 
-    rows, curves = collect_results(w)
+    rows, curves, probes = collect_results(w)
+    assert probes == []  # no run was probed
     assert [r["name"] for r in rows] == ["b_run", "a_run", "failed", "pending"]  # sweep order
     b, a, failed, pending = rows
     tokens = 10 * 4 * 8
@@ -172,3 +173,45 @@ def test_bad_workdir_is_a_one_line_error(tmp_path):
         main([f"--workdir={tmp_path}"])
     with pytest.raises(UserError, match="unknown argument"):
         main(["--bogus"])
+
+
+def test_probe_records_become_columns_and_probes_csv(tmp_path, capsys):
+    """probes.jsonl of two steps: results.csv gets the last step's headline metrics as columns,
+    probes.csv every record with the run's size and the compute at that step."""
+    w = str(tmp_path)
+    run = _sweep_run(w, "r", status="complete", fpt=1000, n_non_embedding=500, metrics=_lines(
+        {"kind": "train", "step": 10, "loss": 1.5, "tokens": 320}))
+    _sweep_run(w, "unprobed", status="complete", metrics=None)
+    records = []
+    for step, em in ((5, 0.25), (10, 0.5)):
+        records += [
+            {"task": "recall", "k": 0, "metric": "exact_match", "value": em / 2, "step": step,
+             "n": 32, "tokens": step * 32},
+            {"task": "recall", "k": 4, "metric": "exact_match", "value": em, "step": step,
+             "n": 32, "tokens": step * 32},
+            {"task": "recall", "k": 4, "metric": "brier_score", "value": 0.1, "step": step,
+             "n": 32, "tokens": step * 32},
+            {"task": "icl", "k": 0, "metric": "icl_score", "value": -0.1 * step, "step": step,
+             "n": 64, "tokens": step * 32}]
+    _write(os.path.join(run, "probes.jsonl"), _lines(*records) + '{"task": "icl", "k"')
+    assert main([f"--workdir={w}"]) == 0
+    assert "1 probed (8 probe records)" in capsys.readouterr().out
+
+    rows = {r["name"]: r for r in read_csv(os.path.join(w, "results.csv"))}
+    r = rows["r"]
+    assert r["probe_step"] == 10
+    assert r["probe.recall.k4.exact_match"] == 0.5 and r["probe.recall.k0.exact_match"] == 0.25
+    assert r["probe.icl.icl_score"] == pytest.approx(-1.0)
+    assert "probe.recall.k4.brier_score" not in r  # only the headline metrics become columns
+    assert rows["unprobed"]["probe.recall.k4.exact_match"] is None
+    with open(os.path.join(w, "results.csv")) as f:
+        header = next(csv.reader(f))
+    assert header[-4:] == ["probe_step", "probe.icl.icl_score", "probe.recall.k0.exact_match",
+                           "probe.recall.k4.exact_match"]
+
+    probes = read_csv(os.path.join(w, "probes.csv"))
+    assert len(probes) == 8 and {p["name"] for p in probes} == {"r"}
+    p = next(p for p in probes if p["step"] == 5 and p["metric"] == "icl_score")
+    assert p["tokens"] == 160 and p["flops"] == 1000 * 160 and p["flops_6nd"] == 6 * 500 * 160
+    assert p["final"] == "False" and p["value"] == pytest.approx(-0.5)
+    assert p["n_non_embedding"] == 500 and p["n"] == 64 and p["status"] == "complete"

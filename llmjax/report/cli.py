@@ -84,37 +84,13 @@ def _finished(row: dict[str, str]) -> bool:
 
 
 def _collect_if_needed(workdir: str, results_path: str) -> None:
-    """results.csv missing but DIR/runs present: let the sweep's collector write the tables."""
-    hint = f"{results_path} not found; run `llmjax results --workdir={workdir}` first"
+    """results.csv missing but DIR/runs present: the sweep's collector writes the tables first."""
     if not os.path.isdir(os.path.join(workdir, "runs")):
-        raise UserError(hint)
-    try:
-        from llmjax.sweep import results as sweep_results
-    except ImportError:
-        raise UserError(hint) from None
-    collect = getattr(sweep_results, "collect_results", None)
-    if collect is None:
-        raise UserError(hint)
-    collected = collect(workdir)  # (rows, curves)
-    if not os.path.isfile(results_path):
-        write = getattr(sweep_results, "write_results", None)
-        if write is not None:
-            write(workdir, collected)
-        else:
-            rows, curves = collected
-            _write_csv(results_path, rows)
-            if curves:
-                _write_csv(os.path.join(workdir, "curves.csv"), curves)
+        raise UserError(f"{results_path} not found; run `llmjax results --workdir={workdir}` first")
+    from llmjax.sweep.results import write_results
+
+    write_results(workdir)
     print(f"collected {workdir}/runs into {results_path}")
-
-
-def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
-    """Rows (dicts) as CSV with the union of their keys as columns; None as an empty cell."""
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
 
 
 def _blank(path: str) -> bool:

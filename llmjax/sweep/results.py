@@ -1,7 +1,8 @@
 """`llmjax results --workdir=DIR`: one table of every run under `DIR/runs/`, and its eval curves.
 
-Writes `DIR/results.csv` (one row per run) and `DIR/curves.csv` (one row per eval point of every
-run, for Chinchilla Approach 1), plus `.parquet` copies when pyarrow is importable.
+Writes `DIR/results.csv` (one row per run), `DIR/curves.csv` (one row per eval point of every
+run, for Chinchilla Approach 1) and `DIR/probes.csv` (every record of every run's probes.jsonl,
+with the run's size and compute at that step), plus `.parquet` copies when pyarrow is importable.
 
 results.csv columns (RESULT_COLUMNS, then one `override.<key>` column per override key):
   name, status, error               run directory name; pending|running|complete|failed|interrupted
@@ -16,8 +17,14 @@ results.csv columns (RESULT_COLUMNS, then one `override.<key>` column per overri
   wall_time_s                       summed over attempts (sweep runs) or from metrics timestamps
   budget                            the FLOP budget of an iso-FLOP point, empty otherwise
   then: vocab_size, d_ff, flops_per_token, final_step, final_eval_bits_per_byte, cpu_time_s
+then the probe columns of the run's last probed step (`llmjax probe`), for runs that have them:
+  probe_step                        the step those columns were measured at
+  probe.<task>.k<k>.<metric>        few-shot tasks, every k, for PROBE_METRICS
+  probe.<task>.<metric>             zero-shot probes (facts, icl, induction, perplexity)
 curves.csv: name, step, tokens, flops, flops_6nd, eval_loss, n_non_embedding, n_params,
   eval_bits_per_byte (tokens/FLOPs trained when that eval was taken).
+probes.csv: name, status, step, final (the run's last probed step), tokens, flops, flops_6nd (at
+  that step), n_params, n_non_embedding, task, k, metric, value, n.
 Missing values are empty cells. Runs appear in sweep order, then any others by name.
 """
 
@@ -42,6 +49,14 @@ RESULT_COLUMNS = (
 )
 CURVE_COLUMNS = ("name", "step", "tokens", "flops", "flops_6nd", "eval_loss", "n_non_embedding",
                  "n_params", "eval_bits_per_byte")
+PROBE_COLUMNS = ("name", "status", "step", "final", "tokens", "flops", "flops_6nd", "n_params",
+                 "n_non_embedding", "task", "k", "metric", "value", "n")
+# Metrics that get a results.csv column: all-or-nothing and continuous scores side by side, the
+# hard subset (where the in-context frequency baseline is wrong), the ICL and induction scores.
+PROBE_METRICS = ("exact_match", "exact_match_hard", "normalized_token_edit_distance",
+                 "target_cross_entropy", "chrf", "acc", "icl_score", "prefix_matching_max",
+                 "bits_per_byte")
+PROBES_FILE = "probes.jsonl"  # as llmjax.eval.probe writes it
 
 
 def _read_json(path: str) -> Any:
@@ -184,15 +199,55 @@ def _run_row(path: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str,
                        "flops_6nd": 6.0 * n_ne * tok, "eval_loss": _float(r.get("loss")),
                        "n_non_embedding": n_ne, "n_params": info["n_params"],
                        "eval_bits_per_byte": _float(r.get("bits_per_byte"))})
-    return row, curves, overrides
+    probes = _probe_rows(path, name, run_status, info, tokens_per_step)
+    row.update(_probe_columns(probes))
+    return row, curves, overrides, probes
 
 
-def collect_results(workdir: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(rows, curves) of every run under `<workdir>/runs/` (see the module docstring for columns).
+def _probe_rows(path: str, name: str, status: str, info: dict[str, Any],
+                tokens_per_step: int) -> list[dict[str, Any]]:
+    """probes.csv rows of one run: its probes.jsonl records with size and compute at each step."""
+    from llmjax.jsonl import read_jsonl
 
-    Rows carry `override.<key>` entries for each of the run's overrides. Reads files only; jax is
-    imported only for a run trained outside a sweep (no point.json) to count its parameters.
-    """
+    records = [r for r in read_jsonl(os.path.join(path, PROBES_FILE))
+               if isinstance(r, dict) and {"task", "k", "metric", "value", "step"} <= set(r)]
+    if not records:
+        return []
+    last = max(int(r["step"]) for r in records)
+    n_ne, fpt = info["n_non_embedding"], info["flops_per_token"]
+    out = []
+    for r in records:
+        step = int(r["step"])
+        tokens = int(r.get("tokens") or step * tokens_per_step)
+        out.append({"name": name, "status": status, "step": step, "final": step == last,
+                    "tokens": tokens, "flops": float(fpt) * tokens,
+                    "flops_6nd": 6.0 * n_ne * tokens,
+                    "n_params": info["n_params"], "n_non_embedding": n_ne, "task": r["task"],
+                    "k": int(r["k"]), "metric": r["metric"], "value": _float(r["value"]),
+                    "n": r.get("n")})
+    return out
+
+
+def probe_column(task: str, k: int, metric: str, few_shot: bool) -> str:
+    """results.csv column of a probe value: probe.<task>.k<k>.<metric> or probe.<task>.<metric>."""
+    return f"probe.{task}.k{k}.{metric}" if few_shot else f"probe.{task}.{metric}"
+
+
+def _probe_columns(probes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The PROBE_METRICS values of a run's last probed step, as results.csv columns."""
+    final = [p for p in probes if p["final"]]
+    if not final:
+        return {}
+    few_shot = {p["task"] for p in final if p["k"] > 0}
+    out: dict[str, Any] = {"probe_step": final[0]["step"]}
+    for p in final:
+        if p["metric"] in PROBE_METRICS:
+            out[probe_column(p["task"], p["k"], p["metric"], p["task"] in few_shot)] = p["value"]
+    return out
+
+
+def _run_dirs(workdir: str) -> list[str]:
+    """Run directories under `<workdir>/runs/`, in sweep order then by name."""
     runs = os.path.join(workdir, "runs")
     if not os.path.isdir(runs):
         raise UserError(f"--workdir={workdir}: no runs/ directory (run `llmjax sweep` first)")
@@ -200,17 +255,28 @@ def collect_results(workdir: str) -> tuple[list[dict[str, Any]], list[dict[str, 
     order = {n: i for i, n in enumerate(sweep.get("points", []))}
     names = sorted((n for n in os.listdir(runs) if os.path.isdir(os.path.join(runs, n))),
                    key=lambda n: (order.get(n, len(order)), n))
-    rows, curves = [], []
-    for name in names:
-        got = _run_row(os.path.join(runs, name))
+    return [os.path.join(runs, n) for n in names]
+
+
+def collect_results(workdir: str
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(rows, curves, probes) of every run under `<workdir>/runs/` (columns: module docstring).
+
+    Rows carry `override.<key>` entries for each of the run's overrides. Reads files only; jax is
+    imported only for a run trained outside a sweep (no point.json) to count its parameters.
+    """
+    rows, curves, probes = [], [], []
+    for path in _run_dirs(workdir):
+        got = _run_row(path)
         if got is None:
             continue
-        row, run_curves, overrides = got
+        row, run_curves, overrides, run_probes = got
         for k, v in overrides.items():
             row[f"override.{k}"] = v
         rows.append(row)
         curves.extend(run_curves)
-    return rows, curves
+        probes.extend(run_probes)
+    return rows, curves, probes
 
 
 def _cell(value: Any) -> Any:
@@ -248,19 +314,28 @@ def _write_parquet(path: str, columns: list[str], rows: list[dict[str, Any]]) ->
 
 
 def result_columns(rows: list[dict[str, Any]]) -> list[str]:
-    """RESULT_COLUMNS then the sorted `override.*` columns present in `rows`."""
+    """RESULT_COLUMNS, the sorted `override.*` columns present in `rows`, then the probe columns
+    (probe_step, then probe.* by task, k and metric)."""
     extra = sorted({k for r in rows for k in r if k.startswith("override.")})
-    return [*RESULT_COLUMNS, *extra]
+    probe = {k for r in rows for k in r if k.startswith("probe.")}
+
+    def order(col: str) -> tuple:
+        parts = col.split(".")
+        k = int(parts[2][1:]) if len(parts) == 4 else -1
+        return parts[1], k, parts[-1]
+
+    return [*RESULT_COLUMNS, *extra, *(["probe_step"] if probe else []),
+            *sorted(probe, key=order)]
 
 
-def write_results(workdir: str, collected: tuple[list, list] | None = None) -> list[str]:
-    """Writes results.csv and curves.csv (and .parquet with pyarrow); returns the paths written.
-
-    `collected`: (rows, curves) from `collect_results(workdir)` if already gathered."""
-    rows, curves = collected if collected is not None else collect_results(workdir)
+def write_results(workdir: str, collected: tuple[list, list, list] | None = None) -> list[str]:
+    """Writes results.csv, curves.csv and probes.csv (and .parquet copies with pyarrow); returns
+    the paths written. `collected`: `collect_results(workdir)` if already gathered."""
+    rows, curves, probes = collected if collected is not None else collect_results(workdir)
     paths = []
     columns = result_columns(rows)
-    for stem, cols, table in (("results", columns, rows), ("curves", list(CURVE_COLUMNS), curves)):
+    for stem, cols, table in (("results", columns, rows), ("curves", list(CURVE_COLUMNS), curves),
+                              ("probes", list(PROBE_COLUMNS), probes)):
         path = os.path.join(workdir, f"{stem}.csv")
         _write_csv(path, cols, table)
         paths.append(path)
@@ -306,16 +381,18 @@ def main(argv: list[str]) -> int:
             raise UserError(f"unknown argument {a!r}; {USAGE}")
     if not workdir:
         raise UserError(f"--workdir is required; {USAGE}")
-    rows, curves = collect_results(workdir)
-    paths = write_results(workdir, (rows, curves))
+    collected = collect_results(workdir)
+    paths = write_results(workdir, collected)
+    rows, probes = collected[0], collected[2]
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    print(f"{len(rows)} runs ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})")
+    print(f"{len(rows)} runs ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); "
+          f"{sum(1 for r in rows if 'probe_step' in r)} probed ({len(probes)} probe records)")
     for p in paths:
         print(f"wrote {p}")
     return 0
 
 
-__all__ = ["CURVE_COLUMNS", "RESULT_COLUMNS", "collect_results", "main", "read_csv",
-           "result_columns", "write_results"]
+__all__ = ["CURVE_COLUMNS", "PROBE_COLUMNS", "PROBE_METRICS", "RESULT_COLUMNS", "collect_results",
+           "main", "probe_column", "read_csv", "result_columns", "write_results"]
