@@ -26,6 +26,7 @@ from llmjax.scaling.envelope import EnvelopeFit, fit_envelope
 from llmjax.scaling.extrapolation import ExtrapolationResult, extrapolation_check
 from llmjax.scaling.isoflop import IsoFLOPFit, fit_isoflop
 from llmjax.scaling.powerlaw import PowerLawFit, fit_power_law
+from llmjax.scaling.sigmoid import SigmoidFit, TransitionResult, detect_transition, fit_sigmoid
 
 __all__ = [
     "PAPER_GRID",
@@ -36,15 +37,19 @@ __all__ = [
     "ExtrapolationResult",
     "IsoFLOPFit",
     "PowerLawFit",
+    "SigmoidFit",
+    "TransitionResult",
     "bootstrap_chinchilla",
     "bootstrap_envelope",
     "bootstrap_fit",
     "bootstrap_isoflop",
     "bootstrap_power_law",
     "cluster_labels",
+    "detect_transition",
     "extrapolation_check",
     "fit_chinchilla",
     "fit_envelope",
     "fit_isoflop",
     "fit_power_law",
+    "fit_sigmoid",
 ]
