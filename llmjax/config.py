@@ -50,6 +50,10 @@ TRAIN_FIELDS: dict[str, tuple[Any, Any, str]] = {
     "tensorboard": (bool, True, "write TensorBoard events when tensorboardX is installed"),
     "evals": (dict, {}, "probe suite of `llmjax probe`, name -> {type, ...} (llmjax.eval.probe); "
               "empty = its default suite"),
+    "probe_checkpoints": (bool, False, "run the probe suite (config.evals) on the parameters at "
+                          "every checkpoint save and merge the records into WORKDIR/probes.jsonl"),
+    "probe_tasks": (str, "", "comma-separated probe names to run during training (names of "
+                    "config.evals or of the default suite); '' = the whole suite"),
 }
 
 OPTIMIZER_FIELDS: dict[str, tuple[Any, Any, str]] = {
@@ -501,6 +505,26 @@ def validate(config: ConfigDict, num_devices: int, process_count: int = 1) -> No
     _model_dataclass().from_dict(model_dict)
     # And the pipeline's (tokenizer spec, dataset name, ...); reads no data.
     _data_dataclass().from_config(config.data, process_count=process_count)
+    # And the probe suite run at checkpoints: a typo must not surface after the first save.
+    if config.get("probe_checkpoints") or probe_task_names(config):
+        _check_probe_tasks(config)
+
+
+def probe_task_names(config: ConfigDict) -> list[str] | None:
+    """config.probe_tasks as a list of probe names; None = the whole suite."""
+    names = [t.strip() for t in str(config.get("probe_tasks") or "").split(",") if t.strip()]
+    return names or None
+
+
+def _check_probe_tasks(config: ConfigDict) -> None:
+    from llmjax.eval.probe import resolve_evals  # lazy: eval imports neither train nor config
+
+    suite = resolve_evals(config.get("evals"))  # UserError naming a bad evals.<name>.type
+    unknown = [t for t in probe_task_names(config) or () if t not in suite]
+    if unknown:
+        raise UserError(f"config field probe_tasks={config.probe_tasks!r}: unknown probe(s) "
+                        f"{', '.join(unknown)}; allowed: comma-separated names from "
+                        f"{', '.join(suite)}, or '' = all")
 
 
 def _short(values: list[int]) -> str:

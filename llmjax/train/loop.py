@@ -8,7 +8,11 @@ and at every step that logs, evaluates or saves. A non-finite step therefore sto
 most one step later, naming the step, and is never checkpointed.
 
 Outputs in `workdir`: config.json, metadata.json, metrics.jsonl (see metrics.py), tokenizer/,
-checkpoints/<step>/, tensorboard/ (when tensorboardX is installed).
+checkpoints/<step>/, tensorboard/ (when tensorboardX is installed), and with
+config.probe_checkpoints probes.jsonl: the probe suite (llmjax.eval.probe) run on the in-memory
+parameters right after each checkpoint save, its cost logged as a metrics.jsonl record
+{"kind": "probe", "step", "seconds", "records"}. Probing reads the parameters only (no RNG, no
+data), so the run's losses and parameters are those of the same run without it.
 """
 
 from __future__ import annotations
@@ -444,13 +448,39 @@ def _run(config: ConfigDict, workdir: str, stop: _StopFlag, *, argv: list[str] |
     last_train: dict[str, Any] | None = None
     last_eval: dict[str, Any] | None = None
 
-    def save(step: int) -> None:
+    def save(step: int) -> bool:
+        """Async checkpoint of `state` at `step`; False when that step is already saved."""
         nonlocal last_saved
         if last_saved == step:
-            return
+            return False
         ckpt.save(step, state.as_dict(), train_iter.get_state(),
                   {"step": step, "tokens": step * tokens_per_step})
         last_saved = step
+        return True
+
+    probe_on = bool(config.get("probe_checkpoints", False))
+    probe_tasks = config_lib.probe_task_names(config)
+
+    def probe(step: int, tasks: list[str] | None) -> None:
+        """The probe suite on state.params (read only) -> probes.jsonl, cost -> metrics.jsonl."""
+        from llmjax.eval.probe import probe_params
+
+        t0 = time.perf_counter()
+        params = state.params
+        if n_proc > 1:  # a collective: every process takes part, process 0 alone probes
+            params = _gather_to_host(params)
+        records = []
+        if primary:
+            records = probe_params(workdir, config, tokenizer, params, step,
+                                   tokens=step * tokens_per_step, tasks=tasks)
+        seconds = time.perf_counter() - t0
+        writer.write({"kind": "probe", "step": step, "seconds": seconds,
+                      "records": len(records)})
+        bar.log(f"probe step {step} | {len(records)} records | {seconds:.1f}s")
+
+    def save_and_probe(step: int) -> None:
+        if save(step) and probe_on:
+            probe(step, probe_tasks)
 
     def check(step: int, metrics: dict[str, jax.Array]) -> None:
         """Host-side NaN/Inf check of one step's metrics (blocks until that step is done)."""
@@ -472,8 +502,14 @@ def _run(config: ConfigDict, workdir: str, stop: _StopFlag, *, argv: list[str] |
     pending: tuple[int, dict[str, jax.Array]] | None = None
     t_last, step_last = time.perf_counter(), step
     try:
+        if probe_on and resume_step is not None:
+            # Killed between a save and its probe, or preempted: fill in what the step lacks.
+            missing = (_missing_probes(workdir, config, resume_step, probe_tasks) if primary
+                       else [])
+            if _decided_by_process_0(bool(missing), n_proc):
+                probe(resume_step, missing)
         if config.log_spaced_checkpoints and step == 0 and 0 in keep_steps:
-            save(0)
+            save_and_probe(0)
         while step < steps:
             if _should_stop(stop, n_proc, step, config.log_every):
                 break
@@ -513,13 +549,14 @@ def _run(config: ConfigDict, workdir: str, stop: _StopFlag, *, argv: list[str] |
                 writer.write(last_eval)
                 bar.log(format_eval(last_eval))
             if save_now:
-                save(step)
+                save_and_probe(step)
             t_last, step_last = time.perf_counter(), step
         if pending is not None:
             check(*pending)
         preempted = step < steps
         if preempted:
             if step > 0:
+                # Not probed: a preempted run must exit fast; the resumed run probes this step.
                 save(step)  # no-op when this step's checkpoint exists (e.g. just restored)
                 bar.log(f"received signal {stop.signum}: saved checkpoint at step {step}, exiting")
             else:
@@ -531,6 +568,33 @@ def _run(config: ConfigDict, workdir: str, stop: _StopFlag, *, argv: list[str] |
     return TrainResult(workdir=workdir, step=step, total_steps=steps, preempted=preempted,
                        resumed_from=resume_step, last_train=last_train, last_eval=last_eval,
                        state=state if return_state else None)
+
+
+def _gather_to_host(tree: Any) -> Any:
+    """Full numpy copies of a pytree of global arrays on every process (a collective)."""
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(lambda x: np.asarray(x) if x.is_fully_addressable
+                        else multihost_utils.process_allgather(x), tree)
+
+
+def _missing_probes(workdir: str, config: ConfigDict, step: int,
+                    tasks: list[str] | None) -> list[str]:
+    """Probes of the training suite (restricted to `tasks`) with no record at `step` yet."""
+    from llmjax.eval.probe import read_probes, resolve_evals
+
+    wanted = list(resolve_evals(config.get("evals"), tasks))
+    done = {r.get("task") for r in read_probes(workdir) if r.get("step") == step}
+    return [t for t in wanted if t not in done]
+
+
+def _decided_by_process_0(flag: bool, n_proc: int) -> bool:
+    """Process 0's `flag` on every process (it alone reads the run's files)."""
+    if n_proc == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
 
 
 def _should_stop(stop: _StopFlag, n_proc: int, step: int, log_every: int) -> bool:
