@@ -2,8 +2,10 @@
 
 Reads DIR/results.csv and DIR/curves.csv (written by `llmjax results`; when results.csv is missing
 but DIR/runs exists, the sweep's collector writes them first), fits the scaling laws
-(`llmjax.report.scaling.analyze`), and writes the PNG plots, report.md and report.json (the
-headline numbers and every fit's parameters). Prints the report's path and the headline numbers.
+(`llmjax.report.scaling.analyze`), analyses the runs' probes when the sweep has them (DIR/probes.csv
+or DIR/runs/*/probes.jsonl; `llmjax.report.emergence`), and writes the PNG plots, report.md and
+report.json (the headline numbers, every fit's parameters, every probe series' transition test).
+Prints the report's path and the headline numbers.
 This module is the edge with files; the fits and rendering are pure.
 """
 
@@ -162,6 +164,8 @@ def write_report(
     out_dir: str | None = None,
 ) -> ReportResult:
     """Load DIR's tables, fit, write DIR/report/{*.png, report.md, report.json}."""
+    from llmjax.report.emergence import analyze_emergence, load_probe_rows
+    from llmjax.report.emergence_plots import write_emergence_plots
     from llmjax.report.markdown import render_markdown
     from llmjax.report.plots import write_plots
     from llmjax.report.scaling import analyze
@@ -169,14 +173,18 @@ def write_report(
     start = time.perf_counter()
     rows, curves = load_tables(workdir)
     analysis = analyze(rows, curves, n_boot=n_boot, seed=seed, options=options)
+    emergence = analyze_emergence(load_probe_rows(workdir), compute=analysis.options.compute,
+                                  n_boot=analysis.options.n_boot, seed=analysis.options.seed)
     out_dir = out_dir or os.path.join(workdir, "report")
     os.makedirs(out_dir, exist_ok=True)
     plots = write_plots(analysis, out_dir)
+    plots.update(write_emergence_plots(emergence, out_dir))
     title = f"Scaling report: {os.path.basename(os.path.abspath(workdir))}"
+    headline = analysis.headline()
+    headline["emergence"] = emergence.headline()
     report_md = os.path.join(out_dir, "report.md")
     with open(report_md, "w", encoding="utf-8") as f:
-        f.write(render_markdown(analysis, plots, title=title))
-    headline = analysis.headline()
+        f.write(render_markdown(analysis, plots, title=title, emergence=emergence))
     report_json = os.path.join(out_dir, "report.json")
     payload = {
         "report": report_md,
@@ -185,6 +193,7 @@ def write_report(
         "plots": plots,
         "options": asdict(analysis.options),
         "fits": _fits_dict(analysis),
+        "emergence": emergence.to_dict(),
     }
     with open(report_json, "w", encoding="utf-8") as f:
         json.dump(_jsonable(payload), f, indent=2, allow_nan=False)

@@ -7,6 +7,7 @@ because fitted exponents move with them (Li, Kudugunta & Zettlemoyer 2025).
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from llmjax.report.scaling import (
@@ -65,6 +66,23 @@ def headline_lines(headline: dict[str, Any]) -> list[str]:
             for name, n, e in zip(ex["runs"], ex["N"], ex["relative_error"], strict=True)
         )
         lines.append(f"extrapolation with {method}: {errs}")
+    e = headline.get("emergence")
+    if e and e.get("n_runs_probed"):
+        text = (f"probes: {e['n_runs_probed']} runs; transitions in {e['n_transitions']} of "
+                f"{e['n_series']} series (sigmoid in log-compute)")
+        if e["transitions"]:
+            text += ": " + ", ".join(e["transitions"][:4]) + (
+                ", ..." if len(e["transitions"]) > 4 else "")
+        lines.append(text)
+        parts = []
+        if "icl_score" in e:
+            parts.append(f"ICL score {fmt(e['icl_score']['min'])} to {fmt(e['icl_score']['max'])}"
+                         " nats")
+        if "prefix_matching_max" in e:
+            pm = e["prefix_matching_max"]
+            parts.append(f"best prefix matching {fmt(pm['max'])} ({pm['argmax']})")
+        if parts:
+            lines.append("; ".join(parts))
     if "alpha_N" not in headline and not headline.get("a"):
         absent = headline.get("absent", {})
         why = absent["all"] if "all" in absent else " ".join(absent.values())
@@ -331,9 +349,11 @@ def _section_failed(a: ScalingAnalysis) -> list[str]:
 
 
 def render_markdown(
-    analysis: ScalingAnalysis, plots: dict[str, str], *, title: str = "Scaling report"
+    analysis: ScalingAnalysis, plots: dict[str, str], *, title: str = "Scaling report",
+    emergence=None,
 ) -> str:
-    """The whole report.md; `plots` maps PNG file names (next to report.md) to paths."""
+    """The whole report.md; `plots` maps PNG file names (next to report.md) to paths;
+    `emergence`: an EmergenceAnalysis of the sweep's probes, rendered after the scaling fits."""
     a = analysis
     out = [f"# {title}", "", "## Headline", ""]
     out += [f"- {line}" for line in headline_lines(a.headline())]
@@ -348,7 +368,143 @@ def render_markdown(
     if "nopt_vs_compute.png" in plots:
         out += ["![compute-optimal N against C](nopt_vs_compute.png)", ""]
     out += _section_extrapolation(a)
+    if emergence is not None:
+        out += section_emergence(emergence, plots)
     out += ["## Runs", ""] + _runs_table(a) + [""]
     out += _section_failed(a)
     out += _section_choices(a)
     return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- emergence
+
+
+def _threshold(r) -> str:
+    """'10^12.31 [10^12.1, 10^12.5]' FLOPs of a TransitionResult, or ''."""
+    if r.threshold is None:
+        return ""
+    text = f"10^{r.threshold:.2f}"
+    if r.threshold_ci:
+        text += f" [10^{r.threshold_ci[0]:.2f}, 10^{r.threshold_ci[1]:.2f}]"
+    return text
+
+
+def _why_not(reason: str) -> str:
+    """The kind of reason of a series without a transition: its text after 'no transition
+    detected: ', without the numbers in parentheses (so series group by reason)."""
+    text = reason.split(": ", 1)[1] if reason.startswith("no transition") else reason
+    return re.sub(r"\s*\([^)]*\)", "", text)
+
+
+def section_emergence(e, plots: dict[str, str]) -> list[str]:
+    """The emergence section of report.md from an `llmjax.report.emergence.EmergenceAnalysis`."""
+    from llmjax.report.emergence import INDUCTION_HEAD
+
+    out = ["## Few-shot probes and emergence", ""]
+    if "all" in e.absent:
+        return out + [e.absent["all"] + ".", ""]
+    compute = "exact FLOPs" if e.compute == "flops" else "6ND"
+    out += [
+        f"{len(e.runs)} runs probed (`llmjax probe`; values at each run's last probed checkpoint,"
+        f" compute as {compute} at that checkpoint). Every task is scored with an all-or-nothing "
+        "metric beside continuous ones, because exact match on a multi-token answer can jump "
+        "while per-token probability rises smoothly (Schaeffer et al. 2023). Few-shot rules are "
+        "held out of training; *chance* guesses uniformly among the rule's answers, the "
+        "*frequency baseline* answers what is most frequent in the context so far, and the "
+        "*hard subset* holds the queries where that baseline is wrong.",
+        "",
+        "A transition is reported when a sigmoid in log10 compute beats a straight line, its "
+        "jump exceeds the noise, its midpoint has runs on both sides, and most bootstrap "
+        "replicates agree (`llmjax.scaling.sigmoid`); otherwise the series says why not.", ""]
+    if e.skipped:
+        out += [f"Left out (not complete): {', '.join(e.skipped)}.", ""]
+    out += ["### Findings", ""] + [f"- {f}" for f in e.findings] + [""]
+    out += [f"- {v}" for k, v in e.absent.items() if k != "all"]
+    if any(k != "all" for k in e.absent):
+        out.append("")
+
+    detected = e.detected()
+    out += ["### Transitions across scale", ""]
+    if detected:
+        rows = [[t.task, str(t.k), t.metric, _threshold(t.result), f"{t.result.jump:+.3f}",
+                 fmt(t.result.detected_fraction, 2)] for t in detected]
+        out += _table(["task", "k", "metric", "threshold C (FLOPs) [CI]", "jump",
+                       "bootstrap agreement"], rows) + [""]
+    reasons: dict[str, int] = {}
+    for t in e.transitions:
+        if not t.result.detected:
+            key = _why_not(t.result.reason)
+            reasons[key] = reasons.get(key, 0) + 1
+    out.append(f"{len(detected)} of {len(e.transitions)} series show a transition.")
+    if reasons:
+        out += ["", "Why the others do not (series per reason):", ""]
+        out += _table(["reason", "series"], [[k, str(v)] for k, v in
+                                             sorted(reasons.items(), key=lambda kv: -kv[1])])
+    out.append("")
+
+    few = [t for t, info in e.tasks.items() if info.few_shot]
+    if few:
+        largest = e.runs[-1]
+        out += [f"### Few-shot tasks at the largest model ({largest.name})", ""]
+        head = ["task", "k", "exact match", "hard", "chance", "frequency baseline",
+                "edit dist. / chrF", "target CE (nats/token)"]
+        rows = []
+        for task in few:
+            cont = next((m for m in ("chrf", "normalized_token_edit_distance")
+                         if m in e.tasks[task].panels), None)
+            for k in e.tasks[task].ks:
+                v = lambda m, k=k, task=task: fmt(largest.value(task, k, m))  # noqa: E731
+                rows.append([task, str(k), v("exact_match"), v("exact_match_hard"),
+                             v("baseline_chance"), v("baseline_freq"),
+                             v(cont) if cont else "", v("target_cross_entropy")])
+        out += _table(head, rows) + [""]
+        k_of = {t: max(e.tasks[t].ks) for t in few}
+        out += ["### Hard-subset exact match at the largest k, across sizes", ""]
+        rows = [[r.name, fmt(r.n_non_embedding), fmt(r.compute)]
+                + [fmt(r.value(t, k_of[t], "exact_match_hard")) for t in few] for r in e.runs]
+        out += _table(["run", "N", "C (FLOPs)"] + [f"{t} (k={k_of[t]})" for t in few], rows)
+        out.append("")
+    for task in e.tasks:
+        name = f"emergence_{task}.png"
+        if name in plots:
+            out += [f"![{task} against scale]({name})", ""]
+
+    out += ["### In-context-learning score and induction heads across sizes", ""]
+    rows = []
+    for r in e.runs:
+        layer, head = r.value("induction", 0, "strongest_layer"), r.value("induction", 0,
+                                                                           "strongest_head")
+        rows.append([r.name, fmt(r.n_non_embedding), fmt(r.compute),
+                     fmt(r.value("icl", 0, "icl_score")),
+                     fmt(r.value("induction", 0, "prefix_matching_max")),
+                     "" if layer is None else f"L{int(layer)}H{int(head)}",
+                     fmt(r.value("induction", 0, "copying_of_max")),
+                     fmt(r.value("perplexity", 0, "bits_per_byte"))])
+    out += _table(["run", "N", "C (FLOPs)", "ICL score (nats)", "best prefix matching",
+                   "head", "copying", "bits/byte"], rows)
+    out += ["", "ICL score: loss at a late token minus the loss at an early one, averaged over "
+            "validation documents (Olsson et al. 2022); negative = later tokens gain from the "
+            "context. Prefix matching: on a repeated random sequence, the attention from a token "
+            "to the token that followed its earlier occurrence; a head at "
+            f"{INDUCTION_HEAD} or more is called an induction head here.", ""]
+    if "emergence_icl.png" in plots:
+        out += ["![ICL score and prefix matching against scale](emergence_icl.png)", ""]
+
+    if any(len(r.steps) > 1 for r in e.runs):
+        out += ["### Through training", ""]
+        rows = []
+        for r in e.runs:
+            for s in sorted(r.steps):
+                rows.append([r.name, str(s), fmt(r.steps[s][0]),
+                             fmt(r.value("icl", 0, "icl_score", s)),
+                             fmt(r.value("induction", 0, "prefix_matching_max", s)),
+                             fmt(r.value("facts", 0, "acc", s))])
+        out += _table(["run", "step", "tokens", "ICL score", "best prefix matching",
+                       "facts acc"], rows) + [""]
+        for p in e.phase_changes:
+            out.append(f"- {p.task} {p.metric}: {p.result.reason}")
+        if e.phase_changes:
+            out.append("")
+        if "emergence_training.png" in plots:
+            out += ["![probes through training](emergence_training.png)", ""]
+    return out

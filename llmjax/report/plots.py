@@ -227,15 +227,18 @@ PLOTS = {
 }
 
 
-def write_plots(analysis: ScalingAnalysis, out_dir: str) -> dict[str, str]:
-    """Write every available figure as PNG into out_dir; returns file name -> path."""
+def save_figures(figures: dict[str, Figure | None], out_dir: str, dpi: int = DPI
+                 ) -> dict[str, str]:
+    """Saves each figure that is not None as out_dir/<name>; returns file name -> path."""
     os.makedirs(out_dir, exist_ok=True)
     written = {}
-    for name, draw in PLOTS.items():
-        fig = draw(analysis)
-        if fig is None:
-            continue
-        path = os.path.join(out_dir, name)
-        fig.savefig(path, dpi=DPI)
-        written[name] = path
+    for name, fig in figures.items():
+        if fig is not None:
+            written[name] = os.path.join(out_dir, name)
+            fig.savefig(written[name], dpi=dpi)
     return written
+
+
+def write_plots(analysis: ScalingAnalysis, out_dir: str) -> dict[str, str]:
+    """Write every available figure as PNG into out_dir; returns file name -> path."""
+    return save_figures({name: draw(analysis) for name, draw in PLOTS.items()}, out_dir)
