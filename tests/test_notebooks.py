@@ -84,3 +84,31 @@ def test_analyze_scaling_notebook_runs_on_a_sweep(tmp_path, this_python_kernel):
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "6 runs" in text and "alpha_N = " in text
     assert not os.path.exists(os.path.join(sweep, "report"))  # the notebook writes nothing
+
+
+def test_probe_emergence_notebook_runs_on_a_sweep(tmp_path, this_python_kernel):
+    from test_emergence import make_rows
+
+    from llmjax.sweep.results import PROBE_COLUMNS
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    with open(sweep / "probes.csv", "w", newline="") as f:
+        import csv
+
+        writer = csv.DictWriter(f, fieldnames=PROBE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(make_rows())
+    nb = nbformat.read(NOTEBOOKS / "probe_emergence.ipynb", as_version=4)
+    _inject_parameters(nb, SWEEP_DIR=str(sweep), N_BOOT=30)
+    client = nbclient.NotebookClient(nb, kernel_name=this_python_kernel, timeout=600,
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 5  # recall, copy, facts, ICL/induction vs scale, through training
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "7 runs probed; transitions in" in text
+    assert "copy k=4 exact match: no transition" in text  # the hand-made test of a flat series
+    assert os.listdir(sweep) == ["probes.csv"]  # the notebook writes nothing
