@@ -4,6 +4,7 @@ negative in-context-learning score; a 1-layer model does neither."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import jax
@@ -102,19 +103,25 @@ def test_copying_score_of_hand_set_ov_circuits():
 STEPS = 1400
 
 
-def _train_and_probe(tmp_path, layers: int) -> dict[str, float]:
+CHECKPOINT_EVERY = 100  # kept and probed during training: the trajectory shows the phase change
+
+
+def _train_and_probe(sweep, layers: int) -> dict[str, float]:
+    """Trains induction.py into sweep/runs/l<layers>, probing icl and induction at every kept
+    checkpoint during training; returns the last step's records."""
     from llmjax.config import load_config
-    from llmjax.eval.probe import run_probes
+    from llmjax.eval.probe import read_probes
     from llmjax.train import train
 
     config = load_config(os.path.join(REPO, "experiments", "configs", "induction.py")
                          + f":layers={layers},steps={STEPS}",
-                         [f"data.data_dir={tmp_path / 'data'}", "checkpoint_every=0",
-                          "eval_every=0", "tensorboard=False", "log_every=200"])
-    workdir = str(tmp_path / f"run{layers}")
+                         [f"data.data_dir={sweep / 'data'}", f"checkpoint_every={CHECKPOINT_EVERY}",
+                          f"keep_every={CHECKPOINT_EVERY}", "eval_every=0", "tensorboard=False",
+                          "log_every=200", "probe_checkpoints=True",
+                          "probe_tasks=icl,induction"])
+    workdir = str(sweep / "runs" / f"l{layers}")
     train(config, workdir, progress=False, devices=jax.devices()[:1])
-    records = run_probes(workdir, tasks=["icl", "induction"])
-    return {r["metric"]: r["value"] for r in records}
+    return {r["metric"]: r["value"] for r in read_probes(workdir) if r["step"] == STEPS}
 
 
 def test_two_layer_attention_only_model_forms_an_induction_head_one_layer_does_not(tmp_path):
@@ -134,3 +141,21 @@ def test_two_layer_attention_only_model_forms_an_induction_head_one_layer_does_n
     assert one["prefix_matching_max"] < 0.15
     assert one["icl_score"] > two["icl_score"] + 1.0
     assert one["icl_score"] > -0.5
+
+    # Through training, the report's analysis finds the phase change in the 2-layer run only:
+    # a sigmoid in log-tokens with its midpoint inside the training window.
+    from llmjax.report.emergence import analyze_emergence
+    from llmjax.sweep.results import collect_results
+
+    analysis = analyze_emergence(collect_results(str(tmp_path))[2], n_boot=100)
+    phases = {(p.task, p.metric): p.result for p in analysis.phase_changes}
+    for metric in ("prefix_matching_max", "icl_score"):
+        task = "induction" if metric == "prefix_matching_max" else "icl"
+        found, none = phases[(f"l2:{task}", metric)], phases[(f"l1:{task}", metric)]
+        print(f"{metric}: 2 layers: {found.reason}\n{metric}: 1 layer: {none.reason}")
+        assert found.detected and not none.detected
+        tokens_per_step = 16 * 64
+        assert 5.0 < found.threshold < math.log10(STEPS * tokens_per_step)
+    assert phases[("l2:induction", "prefix_matching_max")].jump > 0.3
+    assert phases[("l2:icl", "icl_score")].jump < -1.0
+    assert any("Phase change over training in l2:induction" in f for f in analysis.findings)
