@@ -505,8 +505,8 @@ def validate(config: ConfigDict, num_devices: int, process_count: int = 1) -> No
     _model_dataclass().from_dict(model_dict)
     # And the pipeline's (tokenizer spec, dataset name, ...); reads no data.
     _data_dataclass().from_config(config.data, process_count=process_count)
-    # And the probe suite run at checkpoints: a typo must not surface after the first save.
-    if config.get("probe_checkpoints") or probe_task_names(config):
+    # And the probe suite (config.evals, probe_tasks): a typo must not surface after training.
+    if config.get("evals") or config.get("probe_checkpoints") or probe_task_names(config):
         _check_probe_tasks(config)
 
 

@@ -141,3 +141,23 @@ def test_unknown_probe_task_exits_2_naming_the_field_before_training(data_dir, t
     assert err.startswith("error: ") and "\n" not in err
     assert "probe_tasks" in err and "nope" in err and "translation" in err  # the allowed names
     assert not os.path.exists(workdir / "checkpoints")
+
+
+@pytest.mark.parametrize("evals, needle", [
+    ({"x": {"type": "induction", "n_seq": 3}}, "evals.x: unknown option(s) n_seq"),
+    ({"x": {"type": "icl", "late": -4}}, "evals.x.late=-4"),
+    ({"x": {"type": "episode", "kind": "recall", "ks": [1, "2"]}}, "evals.x.ks="),
+    ({"x": {"type": "perplexity"}, "y": {"type": "sentence", "max_words": 0}},
+     "evals.y.max_words=0"),
+])
+def test_a_bad_probe_suite_fails_validation_before_any_training(evals, needle):
+    """config.evals is checked in full (types, option names and values) by validate(), whether
+    or not probing runs during training: a typo must not surface after hours of training."""
+    from llmjax.config import load_config, validate
+    from llmjax.errors import UserError
+
+    config = load_config(TINY, [])
+    config.evals = evals
+    with pytest.raises(UserError) as e:
+        validate(config, num_devices=1)
+    assert needle in str(e.value) and "\n" not in str(e.value)

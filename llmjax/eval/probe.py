@@ -30,7 +30,8 @@ perplexity read the first n documents of the run's validation split; facts read 
 run's synthetic corpus (skipped for other datasets, whose world the model never saw).
 
 During training: after a checkpoint is saved, `probe_params(workdir, config, tokenizer, params,
-step, tokens)` runs the same suite on the in-memory parameters and appends to probes.jsonl.
+step, tokens)` runs the same suite on the in-memory parameters and merges into probes.jsonl
+(`config.probe_checkpoints`, `config.probe_tasks`).
 """
 
 from __future__ import annotations
@@ -83,10 +84,7 @@ def resolve_evals(evals: Mapping[str, Any] | None, tasks: Sequence[str] | None =
         raise UserError(f"config.evals must map probe names to settings, got "
                         f"{type(evals).__name__}")
     suite = {str(k): dict(_as_dict(v)) for k, v in evals.items()} if evals else default_evals()
-    for name, spec in suite.items():
-        if spec.get("type") not in PROBE_TYPES:
-            raise UserError(f"evals.{name}.type={spec.get('type')!r}: choose from "
-                            f"{', '.join(PROBE_TYPES)}")
+    check_evals(suite)
     if tasks:
         unknown = [t for t in tasks if t not in suite]
         if unknown:
@@ -94,6 +92,33 @@ def resolve_evals(evals: Mapping[str, Any] | None, tasks: Sequence[str] | None =
                             f"{', '.join(suite)}")
         suite = {t: suite[t] for t in tasks}
     return suite
+
+
+# Options of the probe types that are not tasks (the tasks' own are checked by build_task).
+OPTIONS = {"icl": {"n", "early", "late"}, "induction": {"n_seqs", "seq_len", "seed"},
+           "perplexity": {"n"}}
+
+
+def check_evals(suite: Mapping[str, Mapping[str, Any]]) -> None:
+    """UserError naming the first bad entry of a suite (type, option names, option values), so
+    a typo fails before training or probing starts, not at the first checkpoint."""
+    from llmjax.data.synthetic import SyntheticConfig, build_world
+    from llmjax.eval.tasks import build_task
+
+    world = None
+    for name, spec in suite.items():
+        if spec.get("type") not in PROBE_TYPES:
+            raise UserError(f"evals.{name}.type={spec.get('type')!r}: choose from "
+                            f"{', '.join(PROBE_TYPES)}")
+        if spec["type"] in OPTIONS:
+            _check_options(name, spec, OPTIONS[spec["type"]])
+            for key, value in spec.items():
+                if key != "type" and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 0):
+                    raise UserError(f"evals.{name}.{key}={value!r}: need an integer >= 0")
+        else:
+            world = world or build_world(SyntheticConfig())
+            build_task(name, spec, world)
 
 
 # ----------------------------------------------------------------------------- run directories
@@ -315,7 +340,6 @@ def probe_model(model: Any, tokenizer: Any, max_len: int, config: Any,
                 for s in evaluate(lm, task, k):
                     add(name, k, s.metric, s.value, s.n)
         elif kind == "icl":
-            _check_options(name, spec, {"n", "early", "late"})
             n = int(spec.get("n", 64))
             early = int(spec.get("early") or icl.default_icl_positions(max_len)[0])
             late = int(spec.get("late") or icl.default_icl_positions(max_len)[1])
@@ -333,7 +357,6 @@ def probe_model(model: Any, tokenizer: Any, max_len: int, config: Any,
                                   ("position_late", score.late)):
                 add(name, 0, metric, value, score.n_docs)
         elif kind == "induction":
-            _check_options(name, spec, {"n_seqs", "seq_len", "seed"})
             pool = induction_pool(tokenizer)
             seq_len = int(spec.get("seq_len") or min(len(pool), (max_len - 1) // 2, 32))
             if not 1 <= seq_len <= (max_len - 1) // 2:
@@ -354,7 +377,6 @@ def probe_model(model: Any, tokenizer: Any, max_len: int, config: Any,
             add(name, 0, "strongest_layer", best.layer, n_seqs)
             add(name, 0, "strongest_head", best.head, n_seqs)
         elif kind == "perplexity":
-            _check_options(name, spec, {"n"})
             docs = texts(int(spec.get("n", 32)))
             scores = lm.rolling_token_scores(docs)
             lls = [s.loglikelihood for s in scores]

@@ -5,6 +5,8 @@ metrics.jsonl holds one JSON object per line:
            "flops_per_s", "mfu", "time"}    (tokens = total train tokens seen after `step`)
   eval:   {"kind": "eval", "step", "loss", "perplexity", "bits_per_byte", "tokens"}
   skip:   {"kind": "skip", "step", "loss", "grad_norm"}   (on_nan='skip': update not applied)
+  probe:  {"kind": "probe", "step", "seconds", "records"}   (config.probe_checkpoints: the
+          probe suite run on the parameters after that step's checkpoint save)
 `step` = number of optimizer updates done. Losses are mean next-token cross-entropy in nats.
 """
 
