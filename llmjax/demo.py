@@ -5,7 +5,8 @@
 1. build the `synthetic` dataset (seconds; a no-op when already built);
 2. run the model-size sweep of `--config` (default experiments/configs/scaling_demo.py; each
    point is its own `llmjax train` subprocess; finished points are skipped, so a rerun resumes);
-3. probe every finished run for in-context abilities (`llmjax probe`);
+3. probe every kept checkpoint of every finished run for zero-/few-shot and in-context
+   abilities (`llmjax probe --all_steps`), so the report can follow them through training;
 4. gather the runs into results.csv / curves.csv (`llmjax results`);
 5. fit the scaling laws and write the report (`llmjax report`), then print where it is and its
    headline numbers.
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         timings["probes"] = 0.0
         for run in _finished_runs(workdir):
             timings["probes"] += _step(f"3/5 probes ({os.path.basename(run)})",
-                                       ["probe", f"--workdir={run}"], env)
+                                       ["probe", f"--workdir={run}", "--all_steps", "--quiet"],
+                                       env)
     timings["results"] = _step("4/5 results", ["results", f"--workdir={workdir}"], env)
     timings["report"] = _step("5/5 report", ["report", f"--workdir={workdir}"], env)
 
