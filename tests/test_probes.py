@@ -174,6 +174,11 @@ def test_sentence_and_facts_tasks():
         assert it.target in it.choices and it.chance == 1 / WORLD.config.values_per_attribute
     with pytest.raises(Exception, match="zero-shot"):
         facts.items(1, TOK, 256)
+    popular = FactsTask("facts_popular", WORLD, n=40, top_entities=5)
+    entities = {it.context.split(" ", 1)[0] for it in popular.items(0, TOK, 256)}
+    assert entities <= set(WORLD.entities[:5]) and len(popular.docs()) == 40
+    assert len(FactsTask("f", WORLD, n=500, top_entities=5).docs()) == (
+        5 * WORLD.config.num_attributes)  # every fact of those entities, each once
 
 
 def test_build_task_rejects_bad_settings_with_one_line():
@@ -187,6 +192,8 @@ def test_build_task_rejects_bad_settings_with_one_line():
         tasks.build_task("t", {"type": "episode", "kind": "poetry"}, WORLD)
     with pytest.raises(UserError, match=r"evals.t.ks"):
         tasks.build_task("t", {"type": "episode", "kind": "copy", "ks": [-1]}, WORLD)
+    with pytest.raises(UserError, match=r"evals.t.top_entities=999"):
+        tasks.build_task("t", {"type": "facts", "top_entities": 999}, WORLD)
 
 
 # ----------------------------------------------------------------------------- a real run
@@ -226,7 +233,7 @@ def test_probe_cli_on_a_trained_run_writes_records_once(tiny_run):
     assert max(keys.values()) == 1
     tasks_seen = {r["task"] for r in records}
     assert {"translation", "recall", "modular", "copy", "reverse", "sequence", "sentence",
-            "facts", "icl", "induction", "perplexity"} == tasks_seen
+            "facts", "facts_popular", "icl", "induction", "perplexity"} == tasks_seen
     ks = {r["k"] for r in records if r["task"] == "translation"}
     assert ks == {0, 1, 2, 4, 8, 16}
     metrics = {r["metric"] for r in records if r["task"] == "recall"}

@@ -10,7 +10,7 @@ probe name to its settings, `type` first. An empty `config.evals` means `default
             seed (0), num_examples (max ks + 1),  *_hard, acc, baselines, ...)
             sampler ('default' | 'first_n')
   sentence  ks, n (16), seed, min/max_words       + bleu, chrf, rouge1/2/L
-  facts     n (64), seed                          zero-shot acc over the attribute's values, ...
+  facts     n (64), seed, top_entities (0 = all)  zero-shot acc over the attribute's values, ...
   icl       n (64), early, late (0 = scaled)     icl_score, loss_early, loss_late (nats) over
                                                   the first n documents reaching `late`,
                                                   position_early, position_late
@@ -66,6 +66,8 @@ def default_evals() -> dict[str, dict[str, Any]]:
         for kind in EPISODE_KINDS}
     out["sentence"] = {"type": "sentence", "ks": list(KS), "n": 16}
     out["facts"] = {"type": "facts", "n": 64}
+    # The 16 most popular entities' facts: seen most often in training (Zipfian popularity).
+    out["facts_popular"] = {"type": "facts", "n": 64, "top_entities": 16}
     out["icl"] = {"type": "icl", "n": 64}
     out["induction"] = {"type": "induction", "n_seqs": 16}
     out["perplexity"] = {"type": "perplexity", "n": 32}

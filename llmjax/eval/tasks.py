@@ -266,18 +266,26 @@ class SentenceTask(Task):
 
 class FactsTask(Task):
     """Zero-shot knowledge-base recall: prompt `fact_prompt(entity, attribute)` ("E a is"), target
-    " value"; choices = every value the attribute takes. n facts drawn uniformly at random."""
+    " value"; choices = every value the attribute takes. n facts drawn uniformly at random, from
+    every entity or (top_entities > 0) from the top_entities most popular ones: with Zipfian
+    popularity those are the facts training repeats most, where knowledge shows first."""
 
     has_context = False
 
-    def __init__(self, name: str, world: synthetic.World, *, n: int = 64, seed: int = 0):
+    def __init__(self, name: str, world: synthetic.World, *, n: int = 64, seed: int = 0,
+                 top_entities: int = 0):
         self.name, self.world, self.n, self.seed = name, world, int(n), int(seed)
+        self.top_entities = int(top_entities)
         self.ks = (0,)
 
     def docs(self) -> list[Doc]:
         rng = synthetic.probe_rng(task_seed(self.name, self.seed))
         facts = self.world.facts
-        picks = rng.choice(len(facts), size=min(self.n, len(facts)), replace=False)
+        pool = np.arange(len(facts))
+        if self.top_entities:  # world.entities are in popularity order
+            top = set(self.world.entities[:self.top_entities])
+            pool = np.asarray([i for i, f in enumerate(facts) if f[0] in top])
+        picks = pool[rng.choice(len(pool), size=min(self.n, len(pool)), replace=False)]
         out = []
         for i in picks.tolist():
             entity, attribute, value = facts[i]
@@ -390,7 +398,7 @@ def build_task(name: str, spec: Mapping[str, Any], world: synthetic.World) -> Ta
     kind = spec.pop("type", None)
     allowed = {"episode": {"kind", "n", "seed", "ks", "num_examples", "sampler"},
                "sentence": {"n", "seed", "ks", "min_words", "max_words"},
-               "facts": {"n", "seed"}}
+               "facts": {"n", "seed", "top_entities"}}
     if kind not in allowed:
         raise UserError(f"evals.{name}.type={kind!r}: choose from {', '.join(allowed)}")
     unknown = set(spec) - allowed[kind]
@@ -402,6 +410,10 @@ def build_task(name: str, spec: Mapping[str, Any], world: synthetic.World) -> Ta
         if (not isinstance(ks, Sequence) or not ks
                 or any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in ks)):
             raise UserError(f"evals.{name}.ks={ks!r}: need a non-empty list of integers >= 0")
+    top = spec.get("top_entities", 0)
+    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= len(world.entities):
+        raise UserError(f"evals.{name}.top_entities={top!r}: need an integer in "
+                        f"0..{len(world.entities)} (0 = every entity)")
     for key in ("n", "num_examples", "min_words", "max_words"):
         if key in spec and (not isinstance(spec[key], int) or spec[key] < 1):
             raise UserError(f"evals.{name}.{key}={spec[key]!r}: need an integer >= 1")

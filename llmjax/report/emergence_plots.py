@@ -148,7 +148,6 @@ def plot_training(a: EmergenceAnalysis) -> Figure | None:
     """Every probed checkpoint of every run against training tokens, coloured by N."""
     if not any(len(r.steps) > 1 for r in a.runs):
         return None
-    facts = next((t for t, info in a.tasks.items() if not info.few_shot), None)
     panels = [("ICL score (nats)", lambda r, s: r.value("icl", 0, "icl_score", s)),
               ("best prefix-matching score",
                lambda r, s: r.value("induction", 0, "prefix_matching_max", s)),
@@ -156,10 +155,11 @@ def plot_training(a: EmergenceAnalysis) -> Figure | None:
                lambda r, s: _few_shot_mean(r, a, s, "target_cross_entropy")),
               ("few-shot exact match at max k, hard subset\n(mean over tasks)",
                lambda r, s: _few_shot_mean(r, a, s, "exact_match_hard"))]
-    if facts is not None:
-        metric = "acc" if "acc" in a.tasks[facts].panels else a.tasks[facts].panels[0]
-        panels.append((f"{facts}: {metric} (zero-shot)",
-                       lambda r, s: r.value(facts, 0, metric, s)))
+    for task, info in a.tasks.items():  # knowledge in the weights (facts): zero-shot tasks
+        if not info.few_shot:
+            metric = "acc" if "acc" in info.panels else info.panels[0]
+            panels.append((f"{task}: {metric} (zero-shot)",
+                           lambda r, s, task=task, metric=metric: r.value(task, 0, metric, s)))
     cols = 3 if len(panels) > 4 else 2
     rows = -(-len(panels) // cols)
     fig = Figure(figsize=(4.6 * cols, 3.8 * rows))

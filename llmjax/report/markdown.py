@@ -492,15 +492,16 @@ def section_emergence(e, plots: dict[str, str]) -> list[str]:
 
     if any(len(r.steps) > 1 for r in e.runs):
         out += ["### Through training", ""]
+        zero_shot = [t for t, info in e.tasks.items() if not info.few_shot]
         rows = []
         for r in e.runs:
             for s in sorted(r.steps):
                 rows.append([r.name, str(s), fmt(r.steps[s][0]),
                              fmt(r.value("icl", 0, "icl_score", s)),
-                             fmt(r.value("induction", 0, "prefix_matching_max", s)),
-                             fmt(r.value("facts", 0, "acc", s))])
-        out += _table(["run", "step", "tokens", "ICL score", "best prefix matching",
-                       "facts acc"], rows) + [""]
+                             fmt(r.value("induction", 0, "prefix_matching_max", s))]
+                            + [fmt(r.value(t, 0, "acc", s)) for t in zero_shot])
+        out += _table(["run", "step", "tokens", "ICL score", "best prefix matching"]
+                      + [f"{t} acc" for t in zero_shot], rows) + [""]
         for p in e.phase_changes:
             out.append(f"- {p.task} {p.metric}: {p.result.reason}")
         if e.phase_changes:
