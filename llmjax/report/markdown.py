@@ -418,10 +418,8 @@ def section_emergence(e, plots: dict[str, str]) -> list[str]:
         "replicates agree (`llmjax.scaling.sigmoid`); otherwise the series says why not.", ""]
     if e.skipped:
         out += [f"Left out (not complete): {', '.join(e.skipped)}.", ""]
-    out += ["### Findings", ""] + [f"- {f}" for f in e.findings] + [""]
-    out += [f"- {v}" for k, v in e.absent.items() if k != "all"]
-    if any(k != "all" for k in e.absent):
-        out.append("")
+    out += ["### Findings", ""] + [f"- {f}" for f in e.findings]
+    out += [f"- Not measured: {v}." for k, v in e.absent.items() if k != "all"] + [""]
 
     detected = e.detected()
     out += ["### Transitions across scale", ""]

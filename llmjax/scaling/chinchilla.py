@@ -161,7 +161,9 @@ class ChinchillaFit:
     def predict(self, N, D) -> np.ndarray:
         """Loss (nats) at N parameters and D tokens."""
         N, D = np.asarray(N, np.float64), np.asarray(D, np.float64)
-        return self.E + self.A / N**self.alpha + self.B / D**self.beta
+        # N^-alpha, not 1 / N^alpha: an unidentified fit's huge exponent underflows to the
+        # limit 0 quietly instead of overflowing with a warning.
+        return self.E + self.A * N ** -self.alpha + self.B * D ** -self.beta
 
     def n_opt(self, C) -> np.ndarray:
         """Compute-optimal parameters at C training FLOPs: G (C/6)^a."""
