@@ -43,10 +43,10 @@ def test_demo_ladder_spans_decades_at_fixed_tokens_per_param():
         assert p.config.eval_every > 0 and p.config.steps // p.config.eval_every >= 4
         # The same validation rows for every size: eval losses are comparable.
         assert p.config.eval_batches * p.config.data.batch_size == 128
-        # Four kept checkpoints, the last at the final step: probes follow each run in training.
+        # Five kept checkpoints, the last at the final step: probes follow each run in training.
         every, steps = p.config.checkpoint_every, p.config.steps
         saved = set(range(every, steps + 1, every)) | {steps}
-        assert len(saved) == 4 and p.config.keep_every == every, p.name
+        assert len(saved) == 5 and p.config.keep_every == every, p.name
         ns.append(counts.non_embedding)
     assert ns == sorted(ns)
     assert math.log10(ns[-1] / ns[0]) >= 1.5
