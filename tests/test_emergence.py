@@ -109,6 +109,8 @@ def test_phase_change_within_one_run_and_flat_sweeps_say_so():
     text = " ".join(flat.findings)
     assert f"No transition detected in any of the {len(flat.transitions)}" in text
     assert "No induction head" in text and "no task is above chance" in text
+    assert f"No phase change over training in any of the {len(flat.phase_changes)} run" in text
+    assert "No phase change" not in " ".join(e.findings)  # s6's is found and reported
 
 
 def test_thin_and_unfinished_probes_degrade_to_sentences():

@@ -366,6 +366,9 @@ def _findings(runs: Sequence[RunProbes], tasks: Mapping[str, TaskSummary],
         if p.result.detected:
             out.append(f"Phase change over training in {p.task} {p.metric}: jump "
                        f"{p.result.jump:+.3f} near {10 ** p.result.threshold:.3g} tokens.")
+    if phases and not any(p.result.detected for p in phases):
+        out.append(f"No phase change over training in any of the {len(phases)} run "
+                   "trajectories of the ICL and prefix-matching scores (sigmoid in log-tokens).")
     # Knowledge held in weights (facts): zero-shot, no in-context help.
     for task, info in tasks.items():
         if info.few_shot:
