@@ -40,3 +40,29 @@ class Allocation:
     def d_opt(self, C) -> np.ndarray:
         """Compute-optimal training tokens at C FLOPs."""
         return np.exp(self.log_k_d + self.b * np.log(np.asarray(C, np.float64)))
+
+
+@dataclass(frozen=True, eq=False)
+class AllocationFit:
+    """Base of a fit whose result is an `Allocation` (Approaches 1 and 2): its exponents, the
+    optima it predicts, and the allocation's entries of `to_dict`."""
+
+    allocation: Allocation
+
+    @property
+    def a(self) -> float:
+        return self.allocation.a
+
+    @property
+    def b(self) -> float:
+        return self.allocation.b
+
+    def n_opt(self, C) -> np.ndarray:
+        return self.allocation.n_opt(C)
+
+    def d_opt(self, C) -> np.ndarray:
+        return self.allocation.d_opt(C)
+
+    def allocation_dict(self) -> dict:
+        return {"a": float(self.a), "b": float(self.b), "log_k_n": self.allocation.log_k_n,
+                "log_k_d": self.allocation.log_k_d}

@@ -16,34 +16,22 @@ import numpy as np
 
 from llmjax.errors import UserError
 from llmjax.scaling import _inputs
-from llmjax.scaling.allocation import Allocation
+from llmjax.scaling.allocation import Allocation, AllocationFit
 
 
 @dataclass(frozen=True, eq=False)
-class EnvelopeFit:
+class EnvelopeFit(AllocationFit):
     """Envelope points (arrays [K], increasing C) and the fitted allocation N_opt ~ C^a."""
 
     envelope_C: np.ndarray
     envelope_L: np.ndarray
     envelope_N: np.ndarray
     envelope_D: np.ndarray
-    a: float
-    b: float
-    allocation: Allocation
     num_bins: int
-
-    def n_opt(self, C) -> np.ndarray:
-        return self.allocation.n_opt(C)
-
-    def d_opt(self, C) -> np.ndarray:
-        return self.allocation.d_opt(C)
 
     def to_dict(self) -> dict:
         return {
-            "a": float(self.a),
-            "b": float(self.b),
-            "log_k_n": self.allocation.log_k_n,
-            "log_k_d": self.allocation.log_k_d,
+            **self.allocation_dict(),
             "num_bins": int(self.num_bins),
             "envelope_C": self.envelope_C.tolist(),
             "envelope_L": self.envelope_L.tolist(),
@@ -88,8 +76,6 @@ def fit_envelope(C, L, N, *, num_bins: int = 50) -> EnvelopeFit:
         envelope_L=env_L,
         envelope_N=env_N,
         envelope_D=env_D,
-        a=allocation.a,
-        b=allocation.b,
         allocation=allocation,
         num_bins=int(num_bins),
     )

@@ -18,7 +18,7 @@ import numpy as np
 
 from llmjax.errors import UserError
 from llmjax.scaling import _inputs
-from llmjax.scaling.allocation import Allocation
+from llmjax.scaling.allocation import Allocation, AllocationFit
 
 
 def group_budgets(C: np.ndarray, budget_rtol: float = 0.05) -> np.ndarray:
@@ -46,7 +46,7 @@ def _parabola_vertex(log_x: np.ndarray, L: np.ndarray, budget: float, var: str):
 
 
 @dataclass(frozen=True, eq=False)
-class IsoFLOPFit:
+class IsoFLOPFit(AllocationFit):
     """Per-budget optima (arrays [K], sorted by budget) and the fitted allocation N_opt ~ C^a."""
 
     budgets: np.ndarray  # [K] FLOPs
@@ -55,23 +55,11 @@ class IsoFLOPFit:
     d_opt_per_budget: np.ndarray  # [K] tokens
     loss_opt_per_budget: np.ndarray  # [K] nats, the parabola's minimum
     vertex_in_range: np.ndarray  # [K] bool: vertex inside the budget's sampled N (not extrapolated)
-    a: float
-    b: float
-    allocation: Allocation
     d_from: str
-
-    def n_opt(self, C) -> np.ndarray:
-        return self.allocation.n_opt(C)
-
-    def d_opt(self, C) -> np.ndarray:
-        return self.allocation.d_opt(C)
 
     def to_dict(self) -> dict:
         return {
-            "a": float(self.a),
-            "b": float(self.b),
-            "log_k_n": self.allocation.log_k_n,
-            "log_k_d": self.allocation.log_k_d,
+            **self.allocation_dict(),
             "d_from": self.d_from,
             "budgets": self.budgets.tolist(),
             "points_per_budget": self.points_per_budget.tolist(),
@@ -123,8 +111,6 @@ def fit_isoflop(N, D, L, C, *, budget_rtol: float = 0.05, d_from: str = "compute
         d_opt_per_budget=d_opts,
         loss_opt_per_budget=losses,
         vertex_in_range=inside.astype(bool),
-        a=allocation.a,
-        b=allocation.b,
         allocation=allocation,
         d_from=d_from,
     )
