@@ -519,12 +519,10 @@ def probe_task_names(config: ConfigDict) -> list[str] | None:
 def _check_probe_tasks(config: ConfigDict) -> None:
     from llmjax.eval.probe import resolve_evals  # lazy: eval imports neither train nor config
 
-    suite = resolve_evals(config.get("evals"))  # UserError naming a bad evals.<name>.type
-    unknown = [t for t in probe_task_names(config) or () if t not in suite]
-    if unknown:
-        raise UserError(f"config field probe_tasks={config.probe_tasks!r}: unknown probe(s) "
-                        f"{', '.join(unknown)}; allowed: comma-separated names from "
-                        f"{', '.join(suite)}, or '' = all")
+    # UserError naming the bad evals.<name> entry, or the unknown names of probe_tasks.
+    resolve_evals(config.get("evals"), probe_task_names(config),
+                  tasks_field=f"config field probe_tasks={config.get('probe_tasks')!r} "
+                              "('' = all)")
 
 
 def _short(values: list[int]) -> str:

@@ -78,9 +78,10 @@ def _as_dict(x: Any) -> Any:
     return x.to_dict() if hasattr(x, "to_dict") else x
 
 
-def resolve_evals(evals: Mapping[str, Any] | None, tasks: Sequence[str] | None = None
-                  ) -> dict[str, dict[str, Any]]:
-    """The suite to run: `evals` (or the defaults when empty), restricted to `tasks`."""
+def resolve_evals(evals: Mapping[str, Any] | None, tasks: Sequence[str] | None = None, *,
+                  tasks_field: str = "--tasks") -> dict[str, dict[str, Any]]:
+    """The suite to run: `evals` (or the defaults when empty), restricted to `tasks`; an unknown
+    task is a UserError naming `tasks_field`, where the names came from."""
     evals = _as_dict(evals) or {}
     if not isinstance(evals, Mapping):
         raise UserError(f"config.evals must map probe names to settings, got "
@@ -90,8 +91,8 @@ def resolve_evals(evals: Mapping[str, Any] | None, tasks: Sequence[str] | None =
     if tasks:
         unknown = [t for t in tasks if t not in suite]
         if unknown:
-            raise UserError(f"--tasks: unknown probe(s) {', '.join(unknown)}; this run's suite: "
-                            f"{', '.join(suite)}")
+            raise UserError(f"{tasks_field}: unknown probe(s) {', '.join(unknown)}; this run's "
+                            f"suite: {', '.join(suite)}")
         suite = {t: suite[t] for t in tasks}
     return suite
 
