@@ -37,6 +37,7 @@ import os
 from typing import Any
 
 from llmjax.errors import UserError
+from llmjax.jsonl import read_json, read_jsonl
 
 RESULT_COLUMNS = (
     "name", "status", "error", "n_params", "n_non_embedding", "n_embedding", "d_model", "n_layers",
@@ -59,14 +60,6 @@ PROBE_METRICS = ("exact_match", "exact_match_hard", "normalized_token_edit_dista
 PROBES_FILE = "probes.jsonl"  # as llmjax.eval.probe writes it
 
 
-def _read_json(path: str) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def _float(value: Any) -> float | None:
     try:
         x = float(value)  # metrics.jsonl writes NaN/Inf as strings
@@ -75,25 +68,11 @@ def _float(value: Any) -> float | None:
     return x
 
 
-def _read_metrics(path: str) -> list[dict[str, Any]]:
-    out = []
-    try:
-        with open(os.path.join(path, "metrics.jsonl")) as f:
-            for line in f:
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue  # a line cut by a kill
-    except OSError:
-        pass
-    return out
-
-
 def _wall_from_metadata(path: str, last_time: Any) -> float | None:
     """Seconds from the run's start (metadata.json) to its last train record (no sweep status)."""
     import datetime
 
-    meta = _read_json(os.path.join(path, "metadata.json")) or {}
+    meta = read_json(os.path.join(path, "metadata.json")) or {}
     try:
         start = datetime.datetime.fromisoformat(meta["start_time"]).timestamp()
         return float(last_time) - start
@@ -116,10 +95,10 @@ def _model_info(config: dict[str, Any]) -> dict[str, Any]:
 
 def _run_row(path: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]] | None:
     """(row, curve rows, overrides) of one run directory, or None if it is not a run."""
-    point = _read_json(os.path.join(path, "point.json"))
-    status = _read_json(os.path.join(path, "status.json")) or {}
-    overrides = _read_json(os.path.join(path, "overrides.json"))
-    config = _read_json(os.path.join(path, "config.json"))
+    point = read_json(os.path.join(path, "point.json"))
+    status = read_json(os.path.join(path, "status.json")) or {}
+    overrides = read_json(os.path.join(path, "overrides.json"))
+    config = read_json(os.path.join(path, "config.json"))
     if config is None and isinstance(point, dict):
         config = point.get("config")
     if not isinstance(config, dict):
@@ -153,7 +132,7 @@ def _run_row(path: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str,
     steps = info["steps"]
     tokens = steps * batch * seq_len
     n_ne, fpt = info["n_non_embedding"], info["flops_per_token"]
-    metrics = _read_metrics(path)
+    metrics = read_jsonl(os.path.join(path, "metrics.jsonl"))
     train = [r for r in metrics if r.get("kind") == "train"]
     evals = [r for r in metrics if r.get("kind") == "eval"]
     eval_losses = [x for x in (_float(r.get("loss")) for r in evals) if x is not None]
@@ -207,8 +186,6 @@ def _run_row(path: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str,
 def _probe_rows(path: str, name: str, status: str, info: dict[str, Any],
                 tokens_per_step: int) -> list[dict[str, Any]]:
     """probes.csv rows of one run: its probes.jsonl records with size and compute at each step."""
-    from llmjax.jsonl import read_jsonl
-
     records = [r for r in read_jsonl(os.path.join(path, PROBES_FILE))
                if isinstance(r, dict) and {"task", "k", "metric", "value", "step"} <= set(r)]
     if not records:
@@ -251,7 +228,7 @@ def _run_dirs(workdir: str) -> list[str]:
     runs = os.path.join(workdir, "runs")
     if not os.path.isdir(runs):
         raise UserError(f"--workdir={workdir}: no runs/ directory (run `llmjax sweep` first)")
-    sweep = _read_json(os.path.join(workdir, "sweep.json")) or {}
+    sweep = read_json(os.path.join(workdir, "sweep.json")) or {}
     order = {n: i for i, n in enumerate(sweep.get("points", []))}
     names = sorted((n for n in os.listdir(runs) if os.path.isdir(os.path.join(runs, n))),
                    key=lambda n: (order.get(n, len(order)), n))

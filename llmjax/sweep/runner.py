@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
 from llmjax.errors import UserError
+from llmjax.jsonl import read_json, write_json
 from llmjax.sweep.spec import Point, Sweep, canonical
 
 STATUSES = ("pending", "running", "complete", "failed", "interrupted")
@@ -64,23 +65,6 @@ ESTIMATE = {
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
-def write_json(path: str, obj: Any) -> None:
-    """Atomic write (tmp + rename): a kill never leaves half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: str) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def run_dir(workdir: str, name: str) -> str:
@@ -426,8 +410,9 @@ class SweepRunner:
         """A point 'running' from a killed sweep: wait until its child has saved and exited."""
         for p in points:
             path = run_dir(self.workdir, p.name)
-            pid = read_status(path).get("pid")
-            if read_status(path).get("status") != "running" or not _pid_alive(pid, path):
+            status = read_status(path)
+            pid = status.get("pid")
+            if status.get("status") != "running" or not _pid_alive(pid, path):
                 continue
             self.say(f"waiting for the previous run of {p.name} (pid {pid}) to exit")
             deadline = time.monotonic() + timeout
@@ -543,8 +528,8 @@ class SweepRunner:
             self._check_and_record(self.sweep.points)
             for p in self.sweep.points:  # a run finished after its sweep died: record it
                 path = run_dir(self.workdir, p.name)
-                if statuses[p.name] == "complete" and read_status(path).get("status") != "complete":
-                    s = read_status(path)
+                s = read_status(path)
+                if statuses[p.name] == "complete" and s.get("status") != "complete":
                     s.update({"status": "complete", "pid": None, "error": None})
                     write_json(os.path.join(path, "status.json"), s)
             self._wait_for_stale(todo)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import signal
@@ -39,6 +38,7 @@ from ml_collections import ConfigDict
 
 from llmjax import config as config_lib
 from llmjax.errors import UserError
+from llmjax.jsonl import read_json, write_json
 from llmjax.train import mfu as mfu_lib
 from llmjax.train.checkpoint import (
     CHECKPOINT_DIR,
@@ -156,14 +156,6 @@ def run_metadata(argv: list[str] | None = None, mesh: Any = None) -> dict[str, A
     }
 
 
-def _write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def _write_run_files(workdir: str, config: ConfigDict, resume_step: int | None,
                      tokenizer: Any, argv: list[str] | None, mesh: Any) -> None:
     """config.json, metadata.json (a resume appends to `resumes`), tokenizer/."""
@@ -174,18 +166,14 @@ def _write_run_files(workdir: str, config: ConfigDict, resume_step: int | None,
     meta_path = os.path.join(workdir, "metadata.json")
     meta = run_metadata(argv, mesh)
     if os.path.exists(meta_path):
-        try:
-            with open(meta_path) as f:
-                first = json.load(f)
-        except (OSError, ValueError):
-            first = None
+        first = read_json(meta_path)
         if isinstance(first, dict):
             resumes = first.get("resumes", [])
             resumes.append({"time": meta["start_time"], "step": resume_step or 0,
                             "git_sha": meta["git_sha"]})
             first["resumes"] = resumes
             meta = first
-    _write_json(meta_path, meta)
+    write_json(meta_path, meta)
     tokenizer.save(os.path.join(workdir, "tokenizer"))
 
 

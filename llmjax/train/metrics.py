@@ -66,16 +66,8 @@ class MetricsWriter:
     def _truncate(self, resume_step: int | None) -> None:
         if not os.path.exists(self.path):
             return
-        keep = []
-        with open(self.path) as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if resume_step is not None and rec.get("step", 0) > resume_step:
-                    continue
-                keep.append(json.dumps(rec) + "\n")
+        keep = [json.dumps(rec) + "\n" for rec in read_jsonl(self.path)
+                if resume_step is None or rec.get("step", 0) <= resume_step]
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(keep)
