@@ -28,6 +28,7 @@ FLOPs (Kaplan 2020 table 1; Hoffmann et al. 2022 "Chinchilla", appendix F):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 from flax import nnx
@@ -65,8 +66,10 @@ class FlopCounts:
 _EMBEDDING_PATHS = ("embed", "pos_embed", "unembed")
 
 
+@functools.lru_cache(maxsize=256)
 def _param_sizes(cfg: ModelConfig) -> dict[tuple, int]:
-    """{parameter path: number of elements} of the real model, built abstractly."""
+    """{parameter path: number of elements} of the real model, built abstractly (cached: param
+    counts and FLOPs per token both need it; callers only read the dict)."""
     abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     return {
         tuple(path): math.prod(var.get_value().shape)

@@ -26,13 +26,9 @@ def main(argv: list[str]) -> int:
     if not workdir:
         raise UserError("--workdir is required (the run directory; rerun on it to resume)")
 
-    import jax
+    from llmjax.train.loop import TrainingDiverged, train
 
-    from llmjax.train.loop import TrainingDiverged, initialize_distributed, train
-
-    initialize_distributed(config)  # before counting devices: the mesh spans all processes
-    config_lib.validate(config, jax.device_count(), jax.process_count())
-    try:
+    try:  # train() starts jax.distributed and validates the config before writing anything
         result = train(config, workdir, argv=["llmjax", "train", *argv])
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)

@@ -48,7 +48,13 @@ from llmjax.train.checkpoint import (
 )
 from llmjax.train.metrics import MetricsWriter, Progress, format_eval, format_train
 from llmjax.train.optimizer import lr_multiplier_tree, make_optimizer, weight_decay_mask
-from llmjax.train.step import TrainState, make_eval_step, make_train_step, summarize_eval
+from llmjax.train.step import (
+    TrainState,
+    jit_train_step,
+    make_eval_step,
+    make_train_step,
+    summarize_eval,
+)
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy",
             "ml-collections", "tensorflow-datasets", "tokenizers")
@@ -286,8 +292,7 @@ def build(config: ConfigDict, tokenizer: Any, devices: list[Any] | None = None) 
     step_fn = make_train_step(graphdef, tx, schedule, microbatches=int(config.microbatches),
                               z_loss=float(config.z_loss), dropout=model_cfg.dropout > 0,
                               skip_nonfinite=config.on_nan == "skip")
-    train_step = jax.jit(step_fn, in_shardings=(shardings, batch_sharding),
-                         out_shardings=(shardings, replicated), donate_argnums=0)
+    train_step = jit_train_step(step_fn, shardings, batch_sharding, replicated)
     token_bytes = jnp.asarray(np.asarray(tokenizer.token_byte_lengths(), np.int32))
     eval_fn = make_eval_step(graphdef, token_bytes)
     eval_step = jax.jit(eval_fn, in_shardings=(param_sh, batch_sharding), out_shardings=replicated)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from llmjax.model.config import ModelConfig, lr_multiplier, param_role
+from llmjax.sharding import variable_logical_axes
 
 # Path components that mark an embedding table (token / position embeddings, untied unembedding).
 EMBEDDING_NAMES = ("embed", "wte", "wpe", "lm_head", "unembed", "embedding")
@@ -62,12 +63,8 @@ def is_embedding(path: tuple) -> bool:
 
 
 def _logical_axes(leaf: Any) -> tuple | None:
-    """Logical axis names of an nnx Variable (its `out_sharding` metadata), else None."""
-    get = getattr(leaf, "get_metadata", None)
-    if get is None:
-        return None
-    axes = get().get("out_sharding")
-    return tuple(axes) if axes else None
+    """Logical axis names of an nnx Variable, else None (a plain array has none)."""
+    return variable_logical_axes(leaf) if hasattr(leaf, "get_metadata") else None
 
 
 def weight_decay_mask(params: Any, decay_embeddings: bool = False) -> Any:
