@@ -19,7 +19,6 @@ the demo never writes outside its workdir.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -44,17 +43,13 @@ def _step(title: str, argv: list[str], env: dict[str, str]) -> float:
 
 
 def _finished_runs(workdir: str) -> list[str]:
+    """Run directories under WORKDIR/runs whose status.json says complete, by name."""
+    from llmjax.sweep.runner import read_status
+
     runs_dir = os.path.join(workdir, "runs")
-    out = []
-    for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
-        status_path = os.path.join(runs_dir, name, "status.json")
-        try:
-            with open(status_path) as f:
-                if json.load(f).get("status") == "complete":
-                    out.append(os.path.join(runs_dir, name))
-        except (OSError, ValueError):
-            continue
-    return out
+    names = sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []
+    return [os.path.join(runs_dir, n) for n in names
+            if read_status(os.path.join(runs_dir, n)).get("status") == "complete"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         ["sweep", f"--config={args.config}", f"--workdir={workdir}", f"--parallel={args.parallel}"],
         env,
     )
-    from llmjax.cli import COMMANDS
-
-    if "probe" in COMMANDS and not args.skip_probes:
+    if not args.skip_probes:
         timings["probes"] = 0.0
         for run in _finished_runs(workdir):
             timings["probes"] += _step(f"3/5 probes ({os.path.basename(run)})",

@@ -123,9 +123,7 @@ def synthetic_config(overrides: Mapping[str, Any] | None = None) -> synthetic_li
     if unknown:
         raise UserError(f"unknown synthetic config field(s): {', '.join(unknown)}")
     try:
-        if hasattr(cls, "from_dict"):
-            return cls.from_dict(overrides)
-        return dataclasses.replace(cls(), **overrides)
+        return cls.from_dict(overrides)
     except UserError:
         raise
     except (TypeError, ValueError, KeyError) as e:
@@ -667,8 +665,7 @@ def prepare(
             if not already:
                 _remove_stale_incomplete(Path(builder.data_dir))
                 builder = _plan(spec, scan=True).builder(data_dir)
-                with _quiet():
-                    builder.download_and_prepare(file_format="array_record")
+                builder.download_and_prepare(file_format="array_record")
     return PrepareResult(path=str(builder.data_dir), already_prepared=already, dataset=str(spec),
                          num_documents=_split_counts(builder, spec.kind == "tfds"),
                          seconds=time.perf_counter() - start)

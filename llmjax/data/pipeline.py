@@ -43,12 +43,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from llmjax.data import builders
+from llmjax.data.tokenizer import read_texts
 from llmjax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -170,13 +171,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()[:12]
 
 
-def _read(source, indices: Sequence[int]) -> list[bytes]:
-    """Texts (UTF-8 bytes) of records `indices`, in one batched read when the source has one."""
-    if hasattr(source, "__getitems__"):
-        return [r["text"] for r in source.__getitems__(list(indices))]
-    return [source[i]["text"] for i in indices]
-
-
 class TokenIndex:
     """A split tokenized once: document d is ``tokens[offsets[d]:offsets[d+1]]`` (no BOS/EOS).
 
@@ -232,7 +226,7 @@ def _build_token_index(path: str, source, tokenizer, provenance: dict[str, Any])
         with open(os.path.join(tmp, "tokens.bin"), "wb") as f:
             for lo in range(0, n, _INDEX_CHUNK):
                 hi = min(n, lo + _INDEX_CHUNK)
-                texts = _read(source, range(lo, hi))
+                texts = read_texts(source, range(lo, hi))
                 num_bytes += sum(len(t) for t in texts)
                 encoded = tokenizer.encode_batch(texts)
                 offsets[lo + 1:hi + 1] = np.cumsum([len(t) for t in encoded]) + offsets[lo]
@@ -479,7 +473,7 @@ def _stream(data_cfg: DataConfig, tokenizer, split: str, *, shuffle: bool,
         shuffle=shuffle, num_epochs=num_epochs, process_index=process_index,
         process_count=process_count)
     identity = {
-        "dataset": spec, "dataset_version": builders.dataset_version(spec, data_dir),
+        "dataset": spec, "dataset_version": index.info["dataset_version"],  # as indexed
         "split": split, "tokenizer": tokenizer.name, "tokenizer_fingerprint": fingerprint,
         "seq_len": data_cfg.seq_len, "batch_size": data_cfg.batch_size, "seed": data_cfg.seed,
         "shuffle": shuffle, "num_epochs": num_epochs,

@@ -368,7 +368,9 @@ def _record_text(record: Any) -> bytes:
     return text.encode("utf-8", errors="replace") if isinstance(text, str) else bytes(text)
 
 
-def _read_texts(source: Sequence[Any], indices: list[int]) -> list[bytes]:
+def read_texts(source: Sequence[Any], indices: Sequence[int]) -> list[bytes]:
+    """UTF-8 bytes of records `indices` ({"text": bytes} or plain str/bytes)."""
+    indices = list(indices)
     if hasattr(source, "__getitems__"):  # one batched read (ArrayRecord data sources)
         return [_record_text(r) for r in source.__getitems__(indices)]
     return [_record_text(source[i]) for i in indices]
@@ -386,7 +388,7 @@ def sample_training_texts(source: Sequence[Any], *, max_bytes: int = DEFAULT_SAM
         indices = list(itertools.islice(order, 256))
         if not indices:
             break
-        for text in _read_texts(source, indices):
+        for text in read_texts(source, indices):
             texts.append(text[:max_bytes])
             total += len(texts[-1])
             if total >= max_bytes:
@@ -402,7 +404,7 @@ def _sample_key(source: Sequence[Any], dataset: str, version: str, max_bytes: in
     h.update(json.dumps({"recipe": BPE_RECIPE_VERSION, "max_bytes": max_bytes, "seed": seed,
                          "num_docs": len(source), "dataset": dataset, "version": version},
                         sort_keys=True).encode())
-    for text in _read_texts(source, list(itertools.islice(_sample_order(len(source), seed), 8))):
+    for text in read_texts(source, list(itertools.islice(_sample_order(len(source), seed), 8))):
         h.update(hashlib.sha256(text).digest())
     return h.hexdigest()[:12]
 
