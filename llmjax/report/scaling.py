@@ -136,11 +136,7 @@ class Run:
     def compute(self, column: str) -> float | None:
         if column == "flops" and self.flops is not None:
             return self.flops
-        if self.flops_6nd is not None:
-            return self.flops_6nd
-        if self.n_non_embedding and self.tokens:
-            return 6.0 * self.n_non_embedding * self.tokens
-        return None
+        return self.flops_6nd  # parse_run fills it from N and tokens when the table has none
 
 
 def parse_run(row: Mapping[str, Any]) -> Run:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -64,3 +65,16 @@ def cluster_labels(values: np.ndarray, rtol: float) -> np.ndarray:
             label, first = label + 1, np.log(values[i])
         labels[i] = label
     return labels
+
+
+def grid_starts(init_grid: Mapping[str, Sequence[float]] | object,
+                param_order: Sequence[str]) -> np.ndarray:
+    """Start rows [S, len(param_order)]: the Cartesian product of a grid mapping's axes in
+    `param_order`, or the explicit rows given (shape not checked: the caller names its columns)."""
+    if not isinstance(init_grid, Mapping):
+        return np.asarray(init_grid, np.float64)
+    missing = [p for p in param_order if p not in init_grid]
+    if missing:
+        raise UserError(f"init_grid lacks values for {', '.join(missing)}")
+    axes = [np.atleast_1d(np.asarray(init_grid[p], np.float64)) for p in param_order]
+    return np.array(list(itertools.product(*axes)), np.float64).reshape(-1, len(param_order))

@@ -16,7 +16,6 @@ Units: N parameters, D tokens, L loss in nats per token, C training FLOPs (C = 6
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -50,14 +49,8 @@ def init_starts(init_grid: InitGrid | None = None) -> np.ndarray:
     """Starts [S, 5] in PARAM_ORDER from a grid mapping (Cartesian product) or explicit rows."""
     if init_grid is None:
         init_grid = PAPER_GRID
-    if isinstance(init_grid, Mapping):
-        missing = [p for p in PARAM_ORDER if p not in init_grid]
-        if missing:
-            raise UserError(f"init_grid lacks values for {', '.join(missing)}")
-        axes = [np.atleast_1d(np.asarray(init_grid[p], np.float64)) for p in PARAM_ORDER]
-        starts = np.array(list(itertools.product(*axes)), np.float64).reshape(-1, 5)
-    else:
-        starts = np.asarray(init_grid, np.float64)
+    starts = _inputs.grid_starts(init_grid, PARAM_ORDER)
+    if not isinstance(init_grid, Mapping):
         if starts.ndim != 2 or starts.shape[1] != 5:
             raise UserError(
                 f"init_grid rows must be (a, b, e, alpha, beta); got shape {starts.shape}"

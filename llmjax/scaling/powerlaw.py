@@ -25,6 +25,7 @@ import numpy as np
 from llmjax.errors import UserError
 from llmjax.scaling import _inputs
 from llmjax.scaling._lbfgs import CONVERGED, minimize_multistart
+from llmjax.scaling.allocation import fit_loglog_line
 
 # Column order of a start with the irreducible term; without it, (a, alpha).
 PARAM_ORDER = ("a", "alpha", "e")
@@ -119,18 +120,11 @@ class PowerLawFit:
 def power_law_starts(x: np.ndarray, y: np.ndarray, irreducible: bool, init_grid=None) -> np.ndarray:
     """Starts for `fit_power_law`: rows (a, alpha, e), or (a, alpha) without E."""
     if not irreducible:
-        slope, intercept = np.polyfit(np.log(x), np.log(y), 1)
+        slope, intercept = fit_loglog_line(x, y)
         return np.array([[intercept, -slope]], np.float64)
     if init_grid is None:
         return default_power_law_grid(x, y)
-    if isinstance(init_grid, Mapping):
-        missing = [p for p in PARAM_ORDER if p not in init_grid]
-        if missing:
-            raise UserError(f"init_grid lacks values for {', '.join(missing)}")
-        axes = [np.atleast_1d(np.asarray(init_grid[p], np.float64)) for p in PARAM_ORDER]
-        starts = np.array(list(itertools.product(*axes)), np.float64).reshape(-1, 3)
-    else:
-        starts = np.asarray(init_grid, np.float64)
+    starts = _inputs.grid_starts(init_grid, PARAM_ORDER)
     if starts.ndim != 2 or starts.shape[1] != 3 or not np.all(np.isfinite(starts)):
         raise UserError("init_grid rows must be finite (a, alpha, e) triples")
     return starts
