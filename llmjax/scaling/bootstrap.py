@@ -156,6 +156,19 @@ def _best_per_replicate(fun: np.ndarray, x: np.ndarray, n_boot: int, n_starts: i
 CHINCHILLA_NAMES = ("E", "A", "B", "alpha", "beta", "a", "b")
 
 
+def _refit_replicates(value_and_grad, points: tuple[np.ndarray, ...], starts: np.ndarray,
+                      n_boot: int, seed: int, delta: float, **options) -> np.ndarray:
+    """Best parameters [n_boot, P] of each replicate: the objective refitted from every start
+    (rows [k, P]) with the points weighted by that replicate's resample counts, in one batch."""
+    k = len(starts)
+    counts = resample_counts(len(points[0]), n_boot, seed)
+    with jax.enable_x64(True):
+        res = minimize_multistart(value_and_grad, points, np.tile(starts, (n_boot, 1)),
+                                  weights=counts, start_group=np.repeat(np.arange(n_boot), k),
+                                  scalars=(delta,), **options)
+    return _best_per_replicate(res.fun, res.x, n_boot, k)
+
+
 def bootstrap_chinchilla(
     N,
     D,
@@ -186,18 +199,9 @@ def bootstrap_chinchilla(
         raise UserError(f"fit was made on {fit.n_points} points but N has {len(N)}")
     starts = _reduced_starts(fit.params, fit.start_points, fit.start_objectives, n_starts)
     k = len(starts)
-    counts = resample_counts(len(N), n_boot, seed)
-    with jax.enable_x64(True):
-        res = minimize_multistart(
-            chinchilla_value_and_grad,
-            (np.log(N), np.log(D), np.log(L)),
-            np.tile(starts, (n_boot, 1)),
-            weights=counts,
-            start_group=np.repeat(np.arange(n_boot), k),
-            scalars=(delta,),
-            max_iter=max_iter,
-        )
-    a_, b_, e_, alpha, beta = _best_per_replicate(res.fun, res.x, n_boot, k).T
+    rows = _refit_replicates(chinchilla_value_and_grad, (np.log(N), np.log(D), np.log(L)),
+                             starts, n_boot, seed, delta, max_iter=max_iter)
+    a_, b_, e_, alpha, beta = rows.T
     A, B, E = np.exp(a_), np.exp(b_), np.exp(e_)
     _, a, b = compute_optimal(E, A, B, alpha, beta)
     samples = np.stack([E, A, B, alpha, beta, a, b], axis=1)
@@ -244,18 +248,8 @@ def bootstrap_power_law(
     params = np.array([fit.log_A, fit.alpha] + ([np.log(fit.E)] if irreducible else []))
     starts = _reduced_starts(params, fit.start_points, fit.start_objectives, n_starts)
     k = len(starts)
-    counts = resample_counts(len(x), n_boot, seed)
     vg = power_law_value_and_grad if irreducible else pure_power_law_value_and_grad
-    with jax.enable_x64(True):
-        res = minimize_multistart(
-            vg,
-            (np.log(x), np.log(y)),
-            np.tile(starts, (n_boot, 1)),
-            weights=counts,
-            start_group=np.repeat(np.arange(n_boot), k),
-            scalars=(delta,),
-        )
-    rows = _best_per_replicate(res.fun, res.x, n_boot, k)
+    rows = _refit_replicates(vg, (np.log(x), np.log(y)), starts, n_boot, seed, delta)
     log_A, alpha = rows[:, 0], rows[:, 1]
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         x_c = np.exp(log_A / alpha)
