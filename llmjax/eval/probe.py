@@ -46,11 +46,11 @@ from typing import Any
 import numpy as np
 
 from llmjax.errors import UserError
+from llmjax.eval.tasks import KS, TASK_TYPES, build_task, check_options, evaluate
 from llmjax.jsonl import read_jsonl
 
 PROBES_FILE = "probes.jsonl"
 RECORD_KEY = ("task", "k", "metric", "step")
-PROBE_TYPES = ("episode", "sentence", "facts", "icl", "induction", "perplexity")
 
 
 def default_evals() -> dict[str, dict[str, Any]]:
@@ -59,7 +59,6 @@ def default_evals() -> dict[str, dict[str, Any]]:
     for experiments/configs/tiny.py: ~7 s for the first checkpoint (compilation included), ~3.5 s
     for each further one of the same run (the compiled programs are reused)."""
     from llmjax.data.synthetic import EPISODE_KINDS
-    from llmjax.eval.tasks import KS
 
     out: dict[str, dict[str, Any]] = {
         kind: {"type": "episode", "kind": kind, "ks": list(KS), "n": 32}
@@ -97,16 +96,16 @@ def resolve_evals(evals: Mapping[str, Any] | None, tasks: Sequence[str] | None =
     return suite
 
 
-# Options of the probe types that are not tasks (the tasks' own are checked by build_task).
+# Options of the probe types that are not tasks (the tasks' own: tasks.TASK_OPTIONS).
 OPTIONS = {"icl": {"n", "early", "late"}, "induction": {"n_seqs", "seq_len", "seed"},
            "perplexity": {"n"}}
+PROBE_TYPES = (*TASK_TYPES, *OPTIONS)
 
 
 def check_evals(suite: Mapping[str, Mapping[str, Any]]) -> None:
     """UserError naming the first bad entry of a suite (type, option names, option values), so
     a typo fails before training or probing starts, not at the first checkpoint."""
     from llmjax.data.synthetic import SyntheticConfig, build_world
-    from llmjax.eval.tasks import build_task
 
     world = None
     for name, spec in suite.items():
@@ -114,7 +113,7 @@ def check_evals(suite: Mapping[str, Mapping[str, Any]]) -> None:
             raise UserError(f"evals.{name}.type={spec.get('type')!r}: choose from "
                             f"{', '.join(PROBE_TYPES)}")
         if spec["type"] in OPTIONS:
-            _check_options(name, spec, OPTIONS[spec["type"]])
+            check_options(name, spec["type"], spec, OPTIONS[spec["type"]])
             for key, value in spec.items():
                 if key != "type" and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 0):
@@ -297,13 +296,6 @@ def induction_pool(tokenizer: Any) -> np.ndarray:
 # ----------------------------------------------------------------------------- probing
 
 
-def _check_options(name: str, spec: Mapping[str, Any], allowed: set[str]) -> None:
-    unknown = set(spec) - allowed - {"type"}
-    if unknown:
-        raise UserError(f"evals.{name}: unknown option(s) {', '.join(sorted(unknown))}; "
-                        f"allowed for type {spec['type']!r}: {', '.join(sorted(allowed))}")
-
-
 def probe_model(model: Any, tokenizer: Any, max_len: int, config: Any,
                 evals: Mapping[str, Mapping[str, Any]], *, batch_size: int = 16,
                 log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
@@ -312,7 +304,6 @@ def probe_model(model: Any, tokenizer: Any, max_len: int, config: Any,
 
     from llmjax.eval import icl, metrics
     from llmjax.eval.harness import LM
-    from llmjax.eval.tasks import build_task, evaluate
 
     graphdef, params = nnx.split(model)
     lm = LM.from_model(graphdef, params, tokenizer, max_len, batch_size=batch_size)
@@ -394,27 +385,34 @@ def probe_model(model: Any, tokenizer: Any, max_len: int, config: Any,
     return records
 
 
+def _probe_step(run: Run, model: Any, step: int, tokens: int,
+                evals: Mapping[str, Mapping[str, Any]],
+                log: Callable[[str], None] | None) -> list[dict[str, Any]]:
+    """Probes `model` of `run` at `step`, stamps step and training tokens on every record and
+    merges them into the run's probes.jsonl."""
+    records = probe_model(model, run.tokenizer, run.max_len, run.config, evals, log=log)
+    for r in records:
+        r["step"], r["tokens"] = int(step), int(tokens)
+    write_records(run.workdir, records)
+    return records
+
+
 def probe_params(workdir: str, config: Any, tokenizer: Any, params: Any, step: int,
                  tokens: int | None = None, *, tasks: Sequence[str] | None = None,
                  log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """The training hook: probes in-memory parameters (pure dict, as TrainState.params) of
-    `config` at `step` and merges the records into `<workdir>/probes.jsonl`."""
+    `config` at `step` and merges the records into `<workdir>/probes.jsonl`.
+    tokens: training tokens seen at `step` (default step x batch_size x seq_len)."""
     import jax
     from flax import nnx
 
-    model_cfg = model_config(config, tokenizer)
-    graphdef, _ = _abstract_params(model_cfg)
+    run = Run(workdir, config, tokenizer, model_config(config, tokenizer))
+    graphdef, _ = _abstract_params(run.model_cfg)
     params = jax.device_put(params, jax.devices()[0])  # eval on one device, whatever the mesh
-    model = nnx.merge(graphdef, params)
-    max_len = int(min(config.data.seq_len, model_cfg.max_seq_len))
-    evals = resolve_evals(config.get("evals"), tasks)
-    records = probe_model(model, tokenizer, max_len, config, evals, log=log)
     if tokens is None:
         tokens = int(step) * int(config.data.batch_size) * int(config.data.seq_len)
-    for r in records:
-        r["step"], r["tokens"] = int(step), int(tokens)
-    write_records(workdir, records)
-    return records
+    return _probe_step(run, nnx.merge(graphdef, params), step, tokens,
+                       resolve_evals(config.get("evals"), tasks), log)
 
 
 def run_probes(workdir: str, steps: None | str | int | Sequence[int] = None,
@@ -454,11 +452,8 @@ def run_probes(workdir: str, steps: None | str | int | Sequence[int] = None,
         graphdef, params, _ = load_params(workdir, step, run.model_cfg)
         model = nnx.merge(graphdef, params)
         t0 = time.perf_counter()
-        records = probe_model(model, run.tokenizer, run.max_len, run.config, evals, log=log)
-        tokens = training_tokens(workdir, step, run.config)
-        for r in records:
-            r["step"], r["tokens"] = step, tokens
-        write_records(workdir, records)
+        records = _probe_step(run, model, step, training_tokens(workdir, step, run.config),
+                              evals, log)
         if log:
             log(f"step {step}: {len(records)} records in {time.perf_counter() - t0:.1f}s")
         out.extend(records)

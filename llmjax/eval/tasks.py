@@ -49,7 +49,13 @@ from llmjax.eval import metrics
 from llmjax.eval.prompts import Doc, episode_docs, render_fewshot_prompt, sample_fewshot
 
 KS = (0, 1, 2, 4, 8, 16)
-TASK_TYPES = ("episode", "sentence", "facts")
+# Options of each task type in `config.evals` (besides `type`).
+TASK_OPTIONS: dict[str, set[str]] = {
+    "episode": {"kind", "n", "seed", "ks", "num_examples", "sampler"},
+    "sentence": {"n", "seed", "ks", "min_words", "max_words"},
+    "facts": {"n", "seed", "top_entities"},
+}
+TASK_TYPES = tuple(TASK_OPTIONS)
 _FEWSHOT_SEED = 1234  # lm-eval's default few-shot seed
 
 
@@ -392,19 +398,21 @@ def evaluate(lm: Any, task: Task, k: int) -> list[Score]:
 # ----------------------------------------------------------------------------- from config
 
 
+def check_options(name: str, kind: str, spec: Mapping[str, Any], allowed: set[str]) -> None:
+    """UserError naming the options of `config.evals.<name>` (of type `kind`) not in `allowed`."""
+    unknown = set(spec) - allowed - {"type"}
+    if unknown:
+        raise UserError(f"evals.{name}: unknown option(s) {', '.join(sorted(unknown))}; "
+                        f"allowed for type {kind!r}: {', '.join(sorted(allowed))}")
+
+
 def build_task(name: str, spec: Mapping[str, Any], world: synthetic.World) -> Task:
     """A task from its `config.evals.<name>` entry (type + options); UserError names bad keys."""
     spec = dict(spec)
     kind = spec.pop("type", None)
-    allowed = {"episode": {"kind", "n", "seed", "ks", "num_examples", "sampler"},
-               "sentence": {"n", "seed", "ks", "min_words", "max_words"},
-               "facts": {"n", "seed", "top_entities"}}
-    if kind not in allowed:
-        raise UserError(f"evals.{name}.type={kind!r}: choose from {', '.join(allowed)}")
-    unknown = set(spec) - allowed[kind]
-    if unknown:
-        raise UserError(f"evals.{name}: unknown option(s) {', '.join(sorted(unknown))}; "
-                        f"allowed for type {kind!r}: {', '.join(sorted(allowed[kind]))}")
+    if kind not in TASK_OPTIONS:
+        raise UserError(f"evals.{name}.type={kind!r}: choose from {', '.join(TASK_TYPES)}")
+    check_options(name, kind, spec, TASK_OPTIONS[kind])
     if "ks" in spec:
         ks = spec["ks"]
         if (not isinstance(ks, Sequence) or not ks
