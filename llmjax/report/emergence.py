@@ -22,25 +22,33 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from llmjax.report.scaling import OK_STATUSES, to_float
 
-# metric -> (label, bounds of its values or None, higher is better, binomial: a mean of 0/1
-# scores, smallest change called a transition: 5 points of accuracy, 5 chrF points, 0.05 of
-# edit distance per target token; None = only the noise decides).
-METRICS: dict[str, tuple[str, tuple[float, float] | None, bool, bool, float | None]] = {
-    "exact_match": ("exact match", (0.0, 1.0), True, True, 0.05),
-    "exact_match_hard": ("exact match, hard subset", (0.0, 1.0), True, True, 0.05),
-    "acc": ("multiple-choice accuracy", (0.0, 1.0), True, True, 0.05),
-    "normalized_token_edit_distance": ("token edit distance / target length", None, False,
-                                       False, 0.05),
-    "chrf": ("chrF", (0.0, 100.0), True, False, 5.0),
-    "target_cross_entropy": ("target cross-entropy (nats/token)", None, False, False, None),
-    "icl_score": ("ICL score (nats; < 0 = uses context)", None, False, False, None),
-    "prefix_matching_max": ("best prefix-matching score", (0.0, 1.0), True, False, 0.05),
+
+class MetricInfo(NamedTuple):
+    """How a probe metric is shown and tested."""
+
+    label: str
+    bounds: tuple[float, float] | None  # range of its values, None = unbounded
+    binomial: bool  # a mean of 0/1 scores over n documents (binomial noise)
+    min_jump: float | None  # smallest change called a transition; None = the noise decides
+
+
+# 5 points of accuracy, 5 chrF points, 0.05 of edit distance per target token.
+METRICS: dict[str, MetricInfo] = {
+    "exact_match": MetricInfo("exact match", (0.0, 1.0), True, 0.05),
+    "exact_match_hard": MetricInfo("exact match, hard subset", (0.0, 1.0), True, 0.05),
+    "acc": MetricInfo("multiple-choice accuracy", (0.0, 1.0), True, 0.05),
+    "normalized_token_edit_distance": MetricInfo("token edit distance / target length", None,
+                                                 False, 0.05),
+    "chrf": MetricInfo("chrF", (0.0, 100.0), False, 5.0),
+    "target_cross_entropy": MetricInfo("target cross-entropy (nats/token)", None, False, None),
+    "icl_score": MetricInfo("ICL score (nats; < 0 = uses context)", None, False, None),
+    "prefix_matching_max": MetricInfo("best prefix-matching score", (0.0, 1.0), False, 0.05),
 }
 # Panels of a task's figure, in order: one all-or-nothing metric, then continuous ones.
 DISCRETE = ("exact_match", "acc")
@@ -61,8 +69,6 @@ class RunProbes:
 
     name: str
     n_non_embedding: float
-    n_params: float
-    status: str
     # step -> (tokens, compute at that step, {(task, k, metric): (value, n)})
     steps: dict[int, tuple[float, float, dict[tuple[str, int, str], tuple[float, float | None]]]]
 
@@ -104,12 +110,16 @@ class Transition:
 
 @dataclass(frozen=True)
 class TaskSummary:
-    """A probe task: its ks, the metrics shown side by side, and its baselines per k."""
+    """A probe task: its ks and the metrics shown side by side (all-or-nothing first)."""
 
-    name: str
     ks: tuple[int, ...]
     panels: tuple[str, ...]
     few_shot: bool
+
+    @property
+    def zero_shot_metric(self) -> str:
+        """The metric a zero-shot task (facts) is followed by: accuracy when it has one."""
+        return "acc" if "acc" in self.panels else self.panels[0]
 
 
 @dataclass
@@ -179,7 +189,6 @@ def parse_runs(rows: Iterable[Mapping[str, Any]], compute: str = "flops_6nd"
         if value is None or step is None or not math.isfinite(value):
             continue
         run = by_run.setdefault(name, {"n": to_float(row.get("n_non_embedding")),
-                                       "p": to_float(row.get("n_params")),
                                        "status": str(row.get("status") or ""), "steps": {}})
         tokens = to_float(row.get("tokens")) or 0.0
         c = to_float(row.get(compute)) or 0.0
@@ -191,7 +200,7 @@ def parse_runs(rows: Iterable[Mapping[str, Any]], compute: str = "flops_6nd"
         if run["status"].strip().lower() not in OK_STATUSES or not run["n"]:
             skipped.append(f"{name} ({run['status'] or 'unknown'})")
             continue
-        runs.append(RunProbes(name, run["n"], run["p"] or run["n"], run["status"], run["steps"]))
+        runs.append(RunProbes(name, run["n"], run["steps"]))
     runs.sort(key=lambda r: (r.n_non_embedding, r.compute, r.name))
     return runs, sorted(skipped)
 
@@ -218,7 +227,7 @@ def _tasks(runs: Sequence[RunProbes]) -> dict[str, TaskSummary]:
             panels.append("chrf")
         panels += [m for m in ("normalized_token_edit_distance", "target_cross_entropy")
                    if m in have]
-        out[task] = TaskSummary(task, tuple(sorted(ks[task])), tuple(panels), few_shot)
+        out[task] = TaskSummary(tuple(sorted(ks[task])), tuple(panels), few_shot)
     return out
 
 
@@ -243,7 +252,7 @@ def _test(task: str, k: int, metric: str, names, x, y, n, *, n_boot: int, seed: 
           ) -> Transition:
     from llmjax.scaling.sigmoid import detect_transition
 
-    _, bounds, _, binomial, min_jump = METRICS.get(metric, ("", None, True, False, None))
+    _, bounds, binomial, min_jump = METRICS.get(metric, MetricInfo(metric, None, False, None))
     counts = None
     if binomial and all(c is not None and c > 0 for c in n):
         counts = np.asarray(n, dtype=float)
@@ -373,7 +382,7 @@ def _findings(runs: Sequence[RunProbes], tasks: Mapping[str, TaskSummary],
     for task, info in tasks.items():
         if info.few_shot:
             continue
-        metric = "acc" if "acc" in info.panels else info.panels[0]
+        metric = info.zero_shot_metric
         first, last = runs[0].value(task, 0, metric), largest.value(task, 0, metric)
         chance = largest.value(task, 0, "baseline_chance")
         if first is None or last is None:

@@ -99,7 +99,7 @@ def plot_task(a: EmergenceAnalysis, task: str) -> Figure | None:
             ax.set_xscale("log")
             ax.grid(True, which="both", alpha=0.25)
             ax.set_xlabel(N_LABEL if axis == "N" else _compute_label(a))
-            ax.set_ylabel(METRICS.get(metric, (metric,))[0])
+            ax.set_ylabel(METRICS[metric].label if metric in METRICS else metric)
             if metric in ("exact_match", "acc"):
                 ax.set_ylim(-0.03, 1.03)
             if row == 0 and col == 0:
@@ -130,7 +130,7 @@ def plot_icl_vs_scale(a: EmergenceAnalysis) -> Figure | None:
             ax.set_xscale("log")
             ax.grid(True, which="both", alpha=0.25)
             ax.set_xlabel(N_LABEL if axis == "N" else _compute_label(a))
-            ax.set_ylabel(METRICS[metric][0])
+            ax.set_ylabel(METRICS[metric].label)
     fig.suptitle("In-context learning score and induction heads against scale")
     fig.tight_layout()
     return fig
@@ -157,7 +157,7 @@ def plot_training(a: EmergenceAnalysis) -> Figure | None:
                lambda r, s: _few_shot_mean(r, a, s, "exact_match_hard"))]
     for task, info in a.tasks.items():  # knowledge in the weights (facts): zero-shot tasks
         if not info.few_shot:
-            metric = "acc" if "acc" in info.panels else info.panels[0]
+            metric = info.zero_shot_metric
             panels.append((f"{task}: {metric} (zero-shot)",
                            lambda r, s, task=task, metric=metric: r.value(task, 0, metric, s)))
     cols = 3 if len(panels) > 4 else 2

@@ -497,9 +497,10 @@ def section_emergence(e, plots: dict[str, str]) -> list[str]:
                 rows.append([r.name, str(s), fmt(r.steps[s][0]),
                              fmt(r.value("icl", 0, "icl_score", s)),
                              fmt(r.value("induction", 0, "prefix_matching_max", s))]
-                            + [fmt(r.value(t, 0, "acc", s)) for t in zero_shot])
+                            + [fmt(r.value(t, 0, e.tasks[t].zero_shot_metric, s))
+                               for t in zero_shot])
         out += _table(["run", "step", "tokens", "ICL score", "best prefix matching"]
-                      + [f"{t} acc" for t in zero_shot], rows) + [""]
+                      + [f"{t} {e.tasks[t].zero_shot_metric}" for t in zero_shot], rows) + [""]
         for p in e.phase_changes:
             out.append(f"- {p.task} {p.metric}: {p.result.reason}")
         if e.phase_changes:
