@@ -28,7 +28,7 @@ from llmjax.scaling.chinchilla import (
     init_starts,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_fig4_epoch_extract.csv"
+DATA = Path(__file__).resolve().parent / "data" / "chinchilla_fig4_epoch_extract.csv"
 
 # Published fit to the 240 points (Besiroglu et al. 2024), value and bootstrap standard error.
 PUBLISHED = {
