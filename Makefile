@@ -1,19 +1,25 @@
-# Two entry points: `make demo` and `make test`. Both create .venv on first use.
+# Two entry points: `make demo` and `make test`. Both create .venv on first use and install the
+# exact versions (with hashes) pinned in requirements/lock*.txt; `make lock` refreshes the pins.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo
+LOCK := requirements/lock.txt
+LOCK_DEV := requirements/lock-dev.txt
+PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check
+COMPILE := --generate-hashes --allow-unsafe --strip-extras --all-build-deps \
+	--no-emit-index-url --no-emit-find-links
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench lock clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PIP_INSTALL) --require-hashes --no-deps -r $(LOCK)
+	$(PIP_INSTALL) --no-deps --no-build-isolation -e .
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
-	$(PY) -m pip install -q -e '.[dev]'
+$(VENV)/.installed-dev: $(VENV)/.installed $(LOCK_DEV)
+	$(PIP_INSTALL) --require-hashes --no-deps -r $(LOCK_DEV)
 	touch $@
 
 demo: $(VENV)/.installed
@@ -29,5 +35,12 @@ bench: $(VENV)/.installed
 	$(PY) experiments/bench/data_pipeline.py
 	$(PY) experiments/bench/train_step.py
 
+# Re-resolve pyproject.toml's ranges to the newest allowed versions and pin them with hashes.
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q pip-tools==7.6.2
+	.venv-lock/bin/pip-compile -q $(COMPILE) -o $(LOCK) pyproject.toml
+	.venv-lock/bin/pip-compile -q $(COMPILE) --extra dev -c $(LOCK) -o $(LOCK_DEV) pyproject.toml
+
 clean:
-	rm -rf $(VENV) $(DEMO_DIR)
+	rm -rf $(VENV) .venv-lock $(DEMO_DIR)
