@@ -80,7 +80,7 @@ def test_bad_synthetic_override_names_the_field():
 
 
 def test_unknown_dataset_and_split():
-    with pytest.raises(UserError, match="unknown dataset 'wikitext'"):
+    with pytest.raises(UserError, match="dataset='wikitext': unknown dataset"):
         builders.resolve_dataset("wikitext")
     with pytest.raises(UserError, match="unknown split"):
         builders.load_split("synthetic", "test", "/nonexistent")
@@ -253,12 +253,13 @@ def test_chunk_bytes_keeps_every_byte_and_character(content):
 
 def test_bad_sources_fail_before_writing(tmp_path):
     data_dir = tmp_path / "d"
-    with pytest.raises(UserError, match="source not found"):
+    with pytest.raises(UserError, match="source=.*missing: no such file or directory"):
         builders.prepare("text_files", str(data_dir), source=str(tmp_path / "missing"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(UserError, match="empty corpus"):
+    with pytest.raises(UserError, match="the directory holds no .txt or .jsonl file"):
         builders.prepare("text_files", str(data_dir), source=str(empty))
+    assert not data_dir.exists()  # refused before the lock file is written
     (empty / "blank.txt").write_text("  \n\n")
     with pytest.raises(UserError, match="empty corpus"):
         builders.prepare("text_files", str(data_dir), source=str(empty))
@@ -270,7 +271,7 @@ def test_bad_sources_fail_before_writing(tmp_path):
     (broken / "x.jsonl").write_text('{"text": "ok"}\n{not json\n')
     with pytest.raises(UserError, match=r"x.jsonl:2: invalid JSON"):
         builders.prepare("text_files", str(data_dir), source=str(broken))
-    with pytest.raises(UserError, match="needs a source"):
+    with pytest.raises(UserError, match="source is required for dataset=text_files"):
         builders.prepare("text_files", str(data_dir))
     assert not list(data_dir.glob("llmjax_text_files/*/*"))
 
@@ -289,6 +290,7 @@ def test_catalog_dataset_without_tensorflow_names_the_extra(tmp_path):
 def test_unknown_catalog_dataset(tmp_path):
     with pytest.raises(UserError, match="unknown TFDS catalog dataset 'no_such_ds'"):
         builders.prepare("tfds:no_such_ds", str(tmp_path))
+    assert not list(tmp_path.iterdir())  # refused before the lock file is written
 
 
 def test_default_data_dir_follows_env(monkeypatch):

@@ -211,11 +211,11 @@ def test_bpe_pass_round_trips_every_document(tmp_path):
     ("batch_size", 0, "data.batch_size"),
     ("worker_count", -1, "data.worker_count"),
     ("num_epochs", 0, "data.num_epochs"),
-    ("dataset", "imagenet", "unknown dataset 'imagenet'"),
-    ("tokenizer", "sentencepiece", "unknown tokenizer 'sentencepiece'"),
+    ("dataset", "imagenet", "data.dataset='imagenet': unknown dataset"),
+    ("tokenizer", "sentencepiece", "data.tokenizer='sentencepiece': unknown tokenizer"),
     ("shuffle", "yes", "data.shuffle"),
     ("seq_lenn", 8, "data.seq_lenn"),
-    ("synthetic", {"lexicon_sise": 3}, "lexicon_sise"),
+    ("synthetic", {"lexicon_sise": 3}, "data.synthetic.lexicon_sise"),
 ])
 def test_config_errors_name_the_field(field, value, match):
     with pytest.raises(UserError, match=match):
@@ -235,3 +235,35 @@ def test_config_from_config_dict():
     cd.synthetic = ml_collections.ConfigDict({"num_train_docs": 10})
     cfg = DataConfig.from_config(cd)
     assert cfg.seq_len == 64 and cfg.dataset_spec == 'synthetic:{"num_train_docs":10}'
+
+
+# ----------------------------------------------------------------------------- finite data
+
+
+def test_train_steps_available_counts_the_batches_num_epochs_supply(corpus, byte_tok):
+    assert pipeline.train_steps_available(_cfg(corpus), byte_tok) is None  # repeats forever
+    assert pipeline.check_train_steps(_cfg(corpus), byte_tok, 10**9) is None
+    for epochs in (1, 3):
+        cfg = _cfg(corpus, num_epochs=epochs)
+        available = pipeline.train_steps_available(cfg, byte_tok)
+        assert available == len(list(make_train_iterator(cfg, byte_tok)))
+        assert pipeline.check_train_steps(cfg, byte_tok, available) == available
+
+
+def test_steps_past_finite_data_are_refused_with_the_fix(corpus, byte_tok):
+    cfg = _cfg(corpus, num_epochs=1)
+    available = pipeline.train_steps_available(cfg, byte_tok)
+    steps = 5 * available + 3
+    with pytest.raises(UserError) as e:
+        pipeline.check_train_steps(cfg, byte_tok, steps)
+    msg = str(e.value)
+    assert msg.startswith(f"steps={steps} needs {steps} batches but data.num_epochs=1 of "
+                          f"{cfg.dataset_spec} gives {available} ")
+    assert "\n" not in msg and f"allowed: steps <= {available} or data.num_epochs >= " in msg
+    need = int(msg.split("data.num_epochs >= ")[1].split()[0])
+    # The suggested num_epochs is the smallest that suffices.
+    enough = pipeline.train_steps_available(_cfg(corpus, num_epochs=need), byte_tok)
+    short = pipeline.train_steps_available(_cfg(corpus, num_epochs=need - 1), byte_tok)
+    assert short < steps <= enough
+    with pytest.raises(UserError, match="steps=0: allowed values are integers >= 1"):
+        pipeline.check_train_steps(cfg, byte_tok, 0)

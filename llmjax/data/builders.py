@@ -48,6 +48,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import socket
 import sys
@@ -114,21 +115,48 @@ def parse_overrides(arg: str) -> dict[str, Any]:
     return out
 
 
-def synthetic_config(overrides: Mapping[str, Any] | None = None) -> synthetic_lib.SyntheticConfig:
-    """SyntheticConfig with `overrides` applied; UserError naming an unknown or bad field."""
+def synthetic_config(overrides: Mapping[str, Any] | None = None, *,
+                     field: str = "synthetic") -> synthetic_lib.SyntheticConfig:
+    """SyntheticConfig with `overrides` applied; UserError naming ``<field>.<knob>`` for an
+    unknown or bad knob (`field`: where the overrides came from, e.g. ``data.synthetic``)."""
     cls = synthetic_lib.SyntheticConfig
     overrides = dict(overrides or {})
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise UserError(f"unknown synthetic config field(s): {', '.join(unknown)}")
+        names = ", ".join(f"{field}.{k}" for k in unknown)
+        raise UserError(f"unknown synthetic knob(s) {names}; known: {', '.join(known)}")
     try:
         return cls.from_dict(overrides)
-    except UserError:
-        raise
+    except UserError as e:
+        msg = str(e)
+        if field != "synthetic" and msg.startswith("synthetic"):  # name where the value came from
+            msg = field + msg[len("synthetic"):]
+        raise UserError(msg) from None
     except (TypeError, ValueError, KeyError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"bad synthetic config: {msg}") from None
+        raise UserError(f"bad {field} config: {msg}") from None
+
+
+def explicit_synthetic(synthetic: Mapping[str, Any] | None, *,
+                       field: str = "synthetic") -> dict[str, Any]:
+    """The knobs of a `synthetic` mapping that differ from their defaults, each checked for type
+    and sign (UserError naming ``<field>.<knob>``). A knob set to its default is no override:
+    `config.data.synthetic` holds every knob, and the dataset's identity must not depend on
+    whether a default was spelled out."""
+    if synthetic is None:
+        return {}
+    if hasattr(synthetic, "to_dict"):
+        synthetic = synthetic.to_dict()
+    if not isinstance(synthetic, Mapping):
+        raise UserError(f"{field} must be a mapping of synthetic knobs, got {synthetic!r}")
+    defaults = synthetic_lib.default_knobs()
+    out = {}
+    for key, value in synthetic.items():
+        value = synthetic_lib.check_knob(str(key), value, field)
+        if value != defaults[key]:
+            out[key] = value
+    return out
 
 
 def _config_json(cfg: Any) -> dict[str, Any]:
@@ -152,50 +180,154 @@ class _Spec:
 
 
 def resolve_dataset(
-    name: str, *, source: str | None = None, synthetic: Mapping[str, Any] | None = None
+    name: str, *, source: str | None = None, synthetic: Mapping[str, Any] | None = None,
+    prefix: str = "",
 ) -> str:
     """Canonical spec string for a dataset name plus optional source / synthetic overrides.
 
-    `source` fills in ``text_files``; `synthetic` overrides are merged over those in the name.
-    Two specs are equal iff they name the same data.
+    `source` fills in ``text_files``; `synthetic` knobs are merged over those in the name, knobs
+    equal to their defaults dropped (see `explicit_synthetic`). Two specs are equal iff they name
+    the same data. Reads no file. UserErrors name ``<prefix>dataset``, ``<prefix>source`` or
+    ``<prefix>synthetic.<knob>`` (prefix e.g. ``data.`` for `config.data`, ``--`` for flags).
     """
-    return str(_resolve(name, source=source, synthetic=synthetic))
+    return str(_resolve(name, source=source, synthetic=synthetic, prefix=prefix))
+
+
+# A TFDS catalog name: [namespace:]name[/config][:version] (version X, X.Y or X.Y.Z, each part
+# digits or *). Lenient on purpose: it only refuses what cannot be a name (empty, spaces, ../).
+_TFDS_NAME = re.compile(r"([A-Za-z][A-Za-z0-9_-]*:)?[A-Za-z0-9][A-Za-z0-9_.-]*"
+                        r"(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)?(:[0-9*]+(\.[0-9*]+){0,2})?")
+_TFDS_FEATURE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DATASET_HELP = "allowed: synthetic[:KNOBS], pystdlib, text_files[:PATH], tfds:NAME[#FEATURE]"
 
 
 def _resolve(
-    name: str, *, source: str | None = None, synthetic: Mapping[str, Any] | None = None
+    name: str, *, source: str | None = None, synthetic: Mapping[str, Any] | None = None,
+    prefix: str = "",
 ) -> _Spec:
+    field = f"{prefix}dataset"
     if not isinstance(name, str) or not name.strip():
-        raise UserError(f"dataset must be a non-empty string, got {name!r}")
+        raise UserError(f"{field}={name!r}: must be a non-empty string; {_DATASET_HELP}")
+    if source is not None and not isinstance(source, str):
+        raise UserError(f"{prefix}source={source!r}: must be a path string")
     kind, _, arg = name.strip().partition(":")
+    explicit = explicit_synthetic(synthetic, field=f"{prefix}synthetic")
     if kind == "synthetic":
-        overrides = {**parse_overrides(arg), **dict(synthetic or {})}
-        cfg = synthetic_config(overrides)
+        try:
+            from_name = parse_overrides(arg)
+        except UserError as e:
+            raise UserError(f"{field}={name!r}: {e}") from None
+        unknown = sorted(set(from_name) - set(synthetic_lib.default_knobs()))
+        if unknown:
+            raise UserError(f"{field}={name!r}: unknown synthetic knob(s) {', '.join(unknown)}; "
+                            f"known: {', '.join(synthetic_lib.default_knobs())}")
+        cfg = synthetic_config({**from_name, **explicit}, field=f"{prefix}synthetic")
         default = _config_json(synthetic_config({}))
         diff = {k: v for k, v in _config_json(cfg).items() if default.get(k) != v}
         return _Spec("synthetic", json.dumps(diff, sort_keys=True, separators=(",", ":"))
                      if diff else "")
-    if synthetic:
-        raise UserError(f"synthetic overrides given but dataset is {name!r}")
+    spec = _resolve_other(name, kind, arg, source=source, prefix=prefix)
+    if explicit:
+        key, value = next(iter(explicit.items()))
+        raise UserError(f"{prefix}synthetic.{key}={value!r} is set but {field}={name!r}: "
+                        "synthetic knobs apply only to dataset synthetic; leave "
+                        f"{prefix}synthetic at its defaults")
+    return spec
+
+
+def _resolve_other(name: str, kind: str, arg: str, *, source: str | None, prefix: str) -> _Spec:
+    field = f"{prefix}dataset"
     if kind == "pystdlib":
         if arg:
-            raise UserError(f"dataset pystdlib takes no argument, got {name!r}")
+            raise UserError(f"{field}={name!r}: dataset pystdlib takes no argument")
         return _Spec("pystdlib")
     if kind == "text_files":
         src = arg or source
         if arg and source and os.path.abspath(os.path.expanduser(source)) != os.path.abspath(
                 os.path.expanduser(arg)):
-            raise UserError(f"dataset {name!r} and source {source!r} disagree")
-        if not src:
-            raise UserError("dataset text_files needs a source: --source=PATH (or data.source)")
+            raise UserError(f"{prefix}source={source!r} disagrees with {field}={name!r}; "
+                            "give the path once")
+        if not src or not src.strip():
+            raise UserError(f"{prefix}source is required for {field}=text_files: a .txt/.jsonl "
+                            "file, a directory or a glob")
         return _Spec("text_files", os.path.abspath(os.path.expanduser(src)))
     if kind == "tfds":
         catalog, _, feature = arg.partition("#")
-        if not catalog:
-            raise UserError(f"dataset {name!r}: expected tfds:<catalog name>[#<text feature>]")
+        if not _TFDS_NAME.fullmatch(catalog) or (feature and not _TFDS_FEATURE.fullmatch(
+                feature)):
+            raise UserError(f"{field}={name!r}: expected tfds:NAME[/CONFIG][:VERSION][#FEATURE] "
+                            "(e.g. tfds:tiny_shakespeare, tfds:c4/en:3.0.1, tfds:lm1b#text)")
         return _Spec("tfds", catalog, feature or "text")
-    raise UserError(f"unknown dataset {name!r}; choose from synthetic, pystdlib, text_files, "
-                    "tfds:<catalog name>")
+    raise UserError(f"{field}={name!r}: unknown dataset; {_DATASET_HELP}")
+
+
+def _source_field(name: str, prefix: str) -> str:
+    """The field a text_files path came from: the dataset spec (text_files:PATH) or source."""
+    return f"{prefix}dataset" if name.strip().startswith("text_files:") else f"{prefix}source"
+
+
+def check_source(name: str, *, source: str | None = None, prefix: str = "") -> None:
+    """Cheap checks of a text_files corpus path before anything is built: it exists, is readable
+    and holds a .txt/.jsonl file (stops at the first). UserError naming the field; a no-op for
+    the other datasets."""
+    spec = _resolve(name, source=source, prefix=prefix)
+    if spec.kind != "text_files":
+        return
+    field, path = _source_field(name, prefix), spec.arg
+    if glob.has_magic(path):
+        if next((p for p in glob.iglob(path, recursive=True) if _is_text_file(Path(p))),
+                None) is None:
+            raise UserError(f"{field}={path}: the glob matches no .txt or .jsonl file")
+        return
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{field}={path}: no such file or directory")
+    if not os.access(p, os.R_OK) or (p.is_dir() and not os.access(p, os.X_OK)):
+        raise UserError(f"{field}={path}: not readable (permission denied)")
+    if p.is_file():
+        if p.suffix not in TEXT_SUFFIXES:
+            raise UserError(f"{field}={path}: not a .txt or .jsonl file")
+        return
+    if not p.is_dir():
+        raise UserError(f"{field}={path}: neither a file nor a directory")
+    try:
+        for dirpath, dirnames, filenames in os.walk(p, onerror=_reraise):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            if any(_is_text_file(Path(dirpath) / f) for f in filenames if not f.startswith(".")):
+                return
+    except OSError as e:
+        raise UserError(f"{field}={path}: cannot read {e.filename or 'a directory'} "
+                        f"({e.strerror or e})") from None
+    raise UserError(f"{field}={path}: the directory holds no .txt or .jsonl file")
+
+
+def _reraise(e: OSError) -> None:
+    raise e
+
+
+def _is_text_file(p: Path) -> bool:
+    return p.suffix in TEXT_SUFFIXES and p.is_file()
+
+
+def check_data_dir(data_dir: str | None, *, field: str = "data_dir") -> str:
+    """The absolute data directory; UserError naming `field` unless it is (or can be created as)
+    a writable directory: builds, locks and token indexes are written there. Writes nothing."""
+    if data_dir is not None and not isinstance(data_dir, str):
+        raise UserError(f"{field}={data_dir!r}: must be a path string")
+    shown = data_dir if data_dir else f"None (default {default_data_dir()})"
+    path = Path(_data_dir(data_dir))
+    probe = path
+    while not probe.exists():
+        if probe.is_symlink():
+            raise UserError(f"{field}={shown}: {probe} is a broken symbolic link")
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "is a file" if probe == path else f"cannot be created: {probe} is a file"
+        raise UserError(f"{field}={shown}: {what}, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "is" if probe == path else f"cannot be created: {probe} is"
+        raise UserError(f"{field}={shown}: {what} not writable")
+    return str(path)
 
 
 # ----------------------------------------------------------------------------- documents
@@ -576,8 +708,7 @@ def _has_network(host: str = "storage.googleapis.com", timeout: float = 3.0) -> 
         return False
 
 
-def _prepare_catalog(spec: _Spec, data_dir: str) -> tuple[Any, bool]:
-    builder = _catalog_builder(spec, data_dir)
+def _prepare_catalog(spec: _Spec, data_dir: str, builder: Any) -> tuple[Any, bool]:
     if builder.is_prepared():
         return builder, True
     if importlib.util.find_spec("tensorflow") is None:
@@ -610,8 +741,12 @@ def _prepare_catalog(spec: _Spec, data_dir: str) -> tuple[Any, bool]:
 def _lock(data_dir: str, key: str):
     """Serialises builds of one dataset across processes (multi-host jobs on one filesystem)."""
     lock_dir = Path(data_dir) / ".locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / f"{_sha(key)[:16]}.lock", "w") as f:
+    try:
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        f = open(lock_dir / f"{_sha(key)[:16]}.lock", "w")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise UserError(f"data_dir={data_dir}: cannot write there ({e.strerror or e})") from None
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -654,17 +789,27 @@ def prepare(
     if unknown:
         raise UserError(f"unknown prepare option(s): {', '.join(unknown)}")
     spec = _resolve(name, source=source, synthetic=options.get("synthetic"))
-    data_dir = _data_dir(data_dir)
+    check_source(name, source=source)
+    data_dir = check_data_dir(data_dir)
     start = time.perf_counter()
+    # Everything that can fail on bad input runs before the first write (the lock file).
+    with _quiet():
+        catalog = _catalog_builder(spec, data_dir) if spec.kind == "tfds" else None
+        plan = _plan(spec) if catalog is None else None
     with _lock(data_dir, f"{spec.kind}:{spec.arg}"), _quiet():
-        if spec.kind == "tfds":
-            builder, already = _prepare_catalog(spec, data_dir)
+        if catalog is not None:
+            builder, already = _prepare_catalog(spec, data_dir, catalog)
         else:
-            builder = _plan(spec).builder(data_dir)
+            builder = plan.builder(data_dir)
             already = builder.is_prepared()
             if not already:
                 _remove_stale_incomplete(Path(builder.data_dir))
-                builder = _plan(spec, scan=True).builder(data_dir)
+                try:
+                    scanned = _plan(spec, scan=True)
+                except OSError as e:
+                    raise UserError(f"dataset {spec}: cannot read {e.filename or 'a file'} "
+                                    f"({e.strerror or e})") from None
+                builder = scanned.builder(data_dir)
                 builder.download_and_prepare(file_format="array_record")
     return PrepareResult(path=str(builder.data_dir), already_prepared=already, dataset=str(spec),
                          num_documents=_split_counts(builder, spec.kind == "tfds"),

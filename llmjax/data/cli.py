@@ -92,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
 def _prepare(args: argparse.Namespace, synthetic: dict[str, Any]) -> int:
     from llmjax.data import builders
 
-    result = builders.prepare(args.dataset, args.data_dir, source=args.source, synthetic=synthetic)
+    cfg = _data_config(args, synthetic)  # bad flags fail here, naming the flag
+    result = builders.prepare(cfg.dataset_spec, cfg.data_dir)
     docs = ", ".join(f"{k}={v}" for k, v in result.num_documents.items())
     if result.already_prepared:
         print(f"already prepared: {result.dataset} at {result.path} ({docs}); nothing to do")
@@ -101,12 +102,14 @@ def _prepare(args: argparse.Namespace, synthetic: dict[str, Any]) -> int:
     return 0
 
 
-def _data_config(args: argparse.Namespace, synthetic: dict[str, Any], **fields: Any):
+def _data_config(args: argparse.Namespace, synthetic: dict[str, Any], *, process_count: int = 1,
+                 **fields: Any):
+    """The flags as a validated DataConfig; a UserError names the flag (``--<field>``)."""
     from llmjax.data.pipeline import DataConfig
 
     values = {"dataset": args.dataset, "data_dir": args.data_dir, "source": args.source,
               "synthetic": synthetic, **fields}
-    return DataConfig.from_config(values)
+    return DataConfig.from_config(values, process_count=process_count, prefix="--")
 
 
 def _ensure_prepared(cfg) -> None:
@@ -127,8 +130,8 @@ def _sample(args: argparse.Namespace, synthetic: dict[str, Any]) -> int:
     cfg = _data_config(
         args, synthetic, tokenizer=args.tokenizer, seq_len=args.seq_len,
         batch_size=args.batch_size, seed=args.seed, shuffle=args.shuffle,
-        num_epochs=args.num_epochs, worker_count=args.worker_count)
-    pipeline.DataConfig.validate(cfg, process_count=args.process_count)
+        num_epochs=args.num_epochs, worker_count=args.worker_count,
+        process_count=args.process_count)
     _ensure_prepared(cfg)
     tokenizer = pipeline.get_data_tokenizer(cfg)
     it = pipeline.make_train_iterator(cfg, tokenizer, process_index=args.process_index,

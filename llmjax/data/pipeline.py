@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from llmjax.data import builders
+from llmjax.data import synthetic as synthetic_lib
 from llmjax.data.tokenizer import read_texts
 from llmjax.errors import UserError
 
@@ -75,8 +76,10 @@ class DataConfig:
     shuffle: bool = True
     num_epochs: int | None = None  # None = repeat forever
     source: str | None = None  # text_files corpus
-    # SyntheticConfig overrides (dataset "synthetic" only).
-    synthetic: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # SyntheticConfig knobs (dataset "synthetic" only). The default holds every knob at its
+    # default value, so `--config.data.synthetic.<knob>=v` can set any of them; knobs equal to
+    # their defaults are no override (the dataset spec drops them), so a partial mapping works too.
+    synthetic: Mapping[str, Any] = dataclasses.field(default_factory=synthetic_lib.default_knobs)
 
     @property
     def dataset_spec(self) -> str:
@@ -84,8 +87,10 @@ class DataConfig:
         return builders.resolve_dataset(self.dataset, source=self.source, synthetic=self.synthetic)
 
     @classmethod
-    def from_config(cls, config: Any, *, process_count: int = 1) -> DataConfig:
-        """From a mapping / ConfigDict (``config.data``); UserError naming the first bad field."""
+    def from_config(cls, config: Any, *, process_count: int = 1,
+                    prefix: str = "data.") -> DataConfig:
+        """From a mapping / ConfigDict (``config.data``); UserError naming the first bad field
+        as ``<prefix><field>`` (``data.`` for a config, ``--`` for command-line flags)."""
         if isinstance(config, DataConfig):
             values = dataclasses.asdict(config)
         elif hasattr(config, "to_dict"):
@@ -97,47 +102,59 @@ class DataConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - fields)
         if unknown:
-            names = ", ".join("data." + k for k in unknown)
+            names = ", ".join(prefix + k for k in unknown)
             raise UserError(f"unknown data config field(s): {names}; known: "
                             f"{', '.join(sorted(fields))}")
         cfg = cls(**values)
-        cfg.validate(process_count=process_count)
+        cfg.validate(process_count=process_count, prefix=prefix)
         return cfg
 
-    def validate(self, *, process_count: int = 1) -> None:
+    def validate(self, *, process_count: int = 1, prefix: str = "data.") -> None:
+        """UserError naming the first bad field (``<prefix><field>``). Reads no data and writes
+        nothing; it does look at the filesystem: a text_files source must exist, be readable and
+        hold text files, and data_dir must be (or be creatable as) a writable directory."""
+        p = prefix
+
         def integer(name: str, lo: int, allow_none: bool = False) -> None:
             v = getattr(self, name)
             if v is None and allow_none:
                 return
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
-                raise UserError(f"data.{name} must be an integer >= {lo}, got {v!r}")
+                raise UserError(f"{p}{name} must be an integer >= {lo}, got {v!r}")
 
         for name in ("dataset", "tokenizer"):
             if not isinstance(getattr(self, name), str):
-                raise UserError(f"data.{name} must be a string, got {getattr(self, name)!r}")
+                raise UserError(f"{p}{name} must be a string, got {getattr(self, name)!r}")
         integer("seq_len", 2)
         integer("batch_size", 1)
         integer("seed", 0)
         integer("worker_count", 0)
         integer("num_epochs", 1, allow_none=True)
         if not isinstance(self.shuffle, bool):
-            raise UserError(f"data.shuffle must be true or false, got {self.shuffle!r}")
+            raise UserError(f"{p}shuffle must be true or false, got {self.shuffle!r}")
         for name in ("data_dir", "source"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
-                raise UserError(f"data.{name} must be a path string, got {getattr(self, name)!r}")
+                raise UserError(f"{p}{name} must be a path string, got {getattr(self, name)!r}")
         if not isinstance(self.synthetic, Mapping):
-            raise UserError(f"data.synthetic must be a mapping of overrides, "
+            raise UserError(f"{p}synthetic must be a mapping of synthetic knobs, "
                             f"got {self.synthetic!r}")
         if (isinstance(process_count, bool) or not isinstance(process_count, int)
                 or process_count < 1):
             raise UserError(f"process_count must be an integer >= 1, got {process_count!r}")
         if self.batch_size % process_count:
-            raise UserError(f"data.batch_size={self.batch_size} is not divisible by "
+            raise UserError(f"{p}batch_size={self.batch_size} is not divisible by "
                             f"process_count={process_count}")
-        from llmjax.data.tokenizer import parse_tokenizer_spec
+        from llmjax.data.tokenizer import TOKENIZER_SPEC_HELP, parse_tokenizer_spec
 
-        parse_tokenizer_spec(self.tokenizer)
-        self.dataset_spec  # noqa: B018 - resolves the dataset name, raising UserError if bad
+        try:
+            parse_tokenizer_spec(self.tokenizer)
+        except UserError:
+            raise UserError(f"{p}tokenizer={self.tokenizer!r}: unknown tokenizer; "
+                            f"{TOKENIZER_SPEC_HELP}") from None
+        builders.resolve_dataset(self.dataset, source=self.source, synthetic=self.synthetic,
+                                 prefix=p)
+        builders.check_source(self.dataset, source=self.source, prefix=p)
+        builders.check_data_dir(self.data_dir, field=f"{p}data_dir")
 
 
 def prepare_data(data_cfg: DataConfig) -> builders.PrepareResult:
@@ -510,14 +527,53 @@ def make_eval_batches(
     return [stream.batch_at(k) for k in range(min(num_batches, stream.num_batches))]
 
 
+def _finite_train_stream(data_cfg: DataConfig, tokenizer) -> PackedStream | None:
+    if data_cfg.num_epochs is None:
+        return None
+    stream, _ = _stream(data_cfg, tokenizer, "train", shuffle=data_cfg.shuffle,
+                        num_epochs=data_cfg.num_epochs, process_index=0, process_count=1)
+    return stream
+
+
+def train_steps_available(data_cfg: DataConfig | Mapping[str, Any], tokenizer) -> int | None:
+    """Global train batches (= optimizer steps) that `data.num_epochs` passes supply; None when
+    num_epochs is None (the stream repeats forever). The last batch may be partly padding.
+
+    Prepares the dataset and builds its train token index when they are not cached yet (both
+    live in the data dir, and training needs them next anyway); writes nothing to a workdir.
+    """
+    stream = _finite_train_stream(DataConfig.from_config(data_cfg), tokenizer)
+    return None if stream is None else int(stream.num_batches)
+
+
+def check_train_steps(data_cfg: DataConfig | Mapping[str, Any], tokenizer, steps: int, *,
+                      field: str = "steps") -> int | None:
+    """UserError unless `steps` train batches fit in what `data.num_epochs` supplies (one global
+    batch per optimizer step); returns `train_steps_available`. `field` names where `steps`
+    came from in the message (e.g. ``steps``)."""
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+        raise UserError(f"{field}={steps!r}: allowed values are integers >= 1")
+    data_cfg = DataConfig.from_config(data_cfg)
+    stream = _finite_train_stream(data_cfg, tokenizer)
+    if stream is None or steps <= stream.num_batches:
+        return None if stream is None else int(stream.num_batches)
+    # e epochs give ceil(e * T / (B * (L + 1))) batches: >= steps iff e * T > (steps-1) * B * (L+1)
+    need = (int(steps) - 1) * stream.global_batch * stream.row_len // stream.epoch_tokens + 1
+    raise UserError(
+        f"{field}={steps} needs {steps} batches but data.num_epochs={data_cfg.num_epochs} of "
+        f"{data_cfg.dataset_spec} gives {stream.num_batches} (batch_size={data_cfg.batch_size}, "
+        f"seq_len={data_cfg.seq_len}); allowed: {field} <= {stream.num_batches} or "
+        f"data.num_epochs >= {need} (or None = repeat forever)")
+
+
 def batches_per_epoch(stream: PackedStream) -> float:
     """Global batches one pass over the split fills (fractional)."""
     return stream.epoch_tokens / (stream.row_len * stream.global_batch)
 
 
 __all__ = [
-    "DataConfig", "DataIterator", "PackedStream", "batches_per_epoch", "get_data_tokenizer",
-    "TokenIndex", "make_eval_batches", "make_train_iterator", "prepare_data", "rows_of",
-    "token_index", "tokenizer_fingerprint",
+    "DataConfig", "DataIterator", "PackedStream", "batches_per_epoch", "check_train_steps",
+    "get_data_tokenizer", "TokenIndex", "make_eval_batches", "make_train_iterator",
+    "prepare_data", "rows_of", "token_index", "train_steps_available", "tokenizer_fingerprint",
 ]
 

@@ -129,20 +129,7 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.type == "str":
-                if not isinstance(value, str) or not value:
-                    raise UserError(f"synthetic.{f.name} must be a non-empty string, got {value!r}")
-            elif f.type == "int":
-                if isinstance(value, bool) or not isinstance(value, int | np.integer):
-                    raise UserError(f"synthetic.{f.name} must be an integer, got {value!r}")
-                if value < 0:
-                    raise UserError(f"synthetic.{f.name} must be >= 0, got {value!r}")
-            else:
-                if isinstance(value, bool) or not isinstance(value, int | float | np.number):
-                    raise UserError(f"synthetic.{f.name} must be a number, got {value!r}")
-                if not math.isfinite(value) or value < 0:
-                    raise UserError(f"synthetic.{f.name} must be finite and >= 0, got {value!r}")
+            _check_knob_value(f.name, f.type, getattr(self, f.name), "synthetic")
         for name in ("topic_prob", "adjective_prob", "relative_clause_prob", "prep_phrase_prob",
                      "nesting_prob", "easy_fraction", "repeat_char_prob"):
             if getattr(self, name) > 1:
@@ -168,8 +155,9 @@ class SyntheticConfig:
         if self.repeat_count_min < 2:
             raise UserError(f"synthetic.repeat_count_min must be >= 2 (a span must recur), "
                             f"got {self.repeat_count_min}")
-        if self.zipf_exponent <= 0 or self.entity_zipf_exponent <= 0:
-            raise UserError("synthetic zipf_exponent and entity_zipf_exponent must be > 0")
+        for name in ("zipf_exponent", "entity_zipf_exponent"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"synthetic.{name} must be > 0, got {getattr(self, name)!r}")
         if self.num_topics < 1:
             raise UserError(f"synthetic.num_topics must be >= 1, got {self.num_topics}")
         if self.lexicon_size < 10 * self.num_topics:
@@ -179,18 +167,23 @@ class SyntheticConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"synthetic.{name} must be >= 1, got {getattr(self, name)}")
         if self.facts_per_doc_max > self.num_entities * self.num_attributes:
-            raise UserError("synthetic.facts_per_doc_max exceeds num_entities * num_attributes")
-        if self.modulus_min < 2 or self.modulus_max > 10:
-            raise UserError(f"synthetic modulus range must lie in [2, 10], "
-                            f"got [{self.modulus_min}, {self.modulus_max}]")
+            raise UserError(f"synthetic.facts_per_doc_max={self.facts_per_doc_max} exceeds "
+                            f"num_entities * num_attributes "
+                            f"({self.num_entities * self.num_attributes})")
+        if self.modulus_min < 2:
+            raise UserError(f"synthetic.modulus_min must be in [2, 10], got {self.modulus_min}")
+        if self.modulus_max > 10:
+            raise UserError(f"synthetic.modulus_max must be in [2, 10], got {self.modulus_max}")
         if self.episode_keys_max > 10:
             raise UserError(
                 f"synthetic.episode_keys_max must be <= 10, got {self.episode_keys_max}")
         pool_needed = (self.lexicon_size + _NUM_SPEECH_VERBS + self.num_entities
                        + self.num_attributes * (1 + self.values_per_attribute))
         if pool_needed > _POOL_SIZE:
-            raise UserError(f"synthetic world needs {pool_needed} pseudo-words (lexicon_size + "
-                            f"entities + attributes * values); at most {_POOL_SIZE} exist")
+            raise UserError(
+                f"synthetic.lexicon_size={self.lexicon_size}: the world needs {pool_needed} "
+                f"pseudo-words (lexicon_size + {_NUM_SPEECH_VERBS} + num_entities + "
+                f"num_attributes * (1 + values_per_attribute)); at most {_POOL_SIZE} exist")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SyntheticConfig:
@@ -200,22 +193,57 @@ class SyntheticConfig:
         for key in d:
             if key not in known:
                 raise UserError(f"unknown synthetic option {key!r}; known: {', '.join(known)}")
-        kwargs: dict[str, Any] = {}
-        for key, value in d.items():
-            kind = known[key].type
-            # JSON / ml_collections round trips turn 1.0 into 1 and back; accept exact conversions.
-            if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            elif kind == "int" and isinstance(value, float) and value.is_integer():
-                value = int(value)
-            kwargs[key] = value
-        return cls(**kwargs)
+        return cls(**{key: _coerce(known[key].type, value) for key, value in d.items()})
 
     def family_weights(self) -> dict[str, float]:
         return {name: float(getattr(self, name)) for name in FAMILIES}
 
     def episode_weights(self) -> dict[str, float]:
         return {kind: float(getattr(self, f"episode_{kind}")) for kind in EPISODE_KINDS}
+
+
+def _coerce(kind: str, value: Any) -> Any:
+    # JSON / ml_collections round trips turn 1.0 into 1 and back; accept exact conversions.
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _check_knob_value(name: str, kind: str, value: Any, field: str) -> None:
+    """The per-knob part of SyntheticConfig's validation: type and sign of one value."""
+    if kind == "str":
+        if not isinstance(value, str) or not value:
+            raise UserError(f"{field}.{name} must be a non-empty string, got {value!r}")
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise UserError(f"{field}.{name} must be an integer, got {value!r}")
+        if value < 0:
+            raise UserError(f"{field}.{name} must be >= 0, got {value!r}")
+    else:
+        if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+            raise UserError(f"{field}.{name} must be a number, got {value!r}")
+        if not math.isfinite(value) or value < 0:
+            raise UserError(f"{field}.{name} must be finite and >= 0, got {value!r}")
+
+
+def default_knobs() -> dict[str, Any]:
+    """Every knob of `SyntheticConfig` with its default value, in declaration order (the default
+    of `config.data.synthetic`, so `--config.data.synthetic.<knob>=v` can set any of them)."""
+    return {f.name: f.default for f in dataclasses.fields(SyntheticConfig)}
+
+
+def check_knob(name: str, value: Any, field: str = "synthetic") -> Any:
+    """One knob's value converted as `from_dict` converts it (1 -> 1.0 for a float knob) and
+    checked for type and sign alone (the cross-knob rules need the whole config); UserError
+    naming `<field>.<name>`."""
+    known = {f.name: f for f in dataclasses.fields(SyntheticConfig)}
+    if name not in known:
+        raise UserError(f"{field}.{name}: unknown synthetic knob; known: {', '.join(known)}")
+    value = _coerce(known[name].type, value)
+    _check_knob_value(name, known[name].type, value, field)
+    return value
 
 
 def knob_table() -> list[tuple[str, Any, str]]:

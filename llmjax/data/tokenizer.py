@@ -72,7 +72,7 @@ BPE_RECIPE_VERSION = 1
 
 _REPLACEMENT = "\ufffd".encode()
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_SPEC_HELP = (
+TOKENIZER_SPEC_HELP = (
     f"use 'byte' or 'bpe:<vocab_size>' with "
     f"{MIN_BPE_VOCAB_SIZE} <= vocab_size <= {MAX_BPE_VOCAB_SIZE}"
 )
@@ -96,7 +96,7 @@ CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
 
 
 def _spec_error(spec: object) -> UserError:
-    return UserError(f"unknown tokenizer {spec!r}: {_SPEC_HELP}")
+    return UserError(f"unknown tokenizer {spec!r}: {TOKENIZER_SPEC_HELP}")
 
 
 def parse_tokenizer_spec(spec: str) -> tuple[str, int]:

@@ -46,17 +46,64 @@ import numpy as np
 from llmjax.data import synthetic
 from llmjax.errors import UserError
 from llmjax.eval import metrics
-from llmjax.eval.prompts import Doc, episode_docs, render_fewshot_prompt, sample_fewshot
+from llmjax.eval.prompts import SAMPLERS, Doc, episode_docs, render_fewshot_prompt, sample_fewshot
 
 KS = (0, 1, 2, 4, 8, 16)
-# Options of each task type in `config.evals` (besides `type`).
-TASK_OPTIONS: dict[str, set[str]] = {
-    "episode": {"kind", "n", "seed", "ks", "num_examples", "sampler"},
-    "sentence": {"n", "seed", "ks", "min_words", "max_words"},
-    "facts": {"n", "seed", "top_entities"},
-}
-TASK_TYPES = tuple(TASK_OPTIONS)
 _FEWSHOT_SEED = 1234  # lm-eval's default few-shot seed
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One option of a probe type in `config.evals`: an integer >= lo (<= hi when set), one of
+    `choices`, or (kind 'ks') a non-empty list of distinct shot counts from `KS`."""
+
+    kind: str  # 'int' | 'choice' | 'ks'
+    lo: int = 0
+    hi: int | None = None
+    choices: tuple[Any, ...] = ()
+    required: bool = False
+
+    def allowed(self) -> str:
+        if self.kind == "int":
+            return (f"an integer >= {self.lo}" if self.hi is None
+                    else f"an integer in {self.lo}..{self.hi}")
+        if self.kind == "choice":
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        return f"a non-empty list of distinct shot counts from {list(KS)}"
+
+    def ok(self, value: Any) -> bool:
+        if self.kind == "int":
+            return (not isinstance(value, bool) and isinstance(value, int | np.integer)
+                    and value >= self.lo and (self.hi is None or value <= self.hi))
+        if self.kind == "choice":
+            return any(type(value) is type(c) and value == c for c in self.choices)
+        return (isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0
+                and all(not isinstance(k, bool) and isinstance(k, int | np.integer) and k in KS
+                        for k in value)
+                and len(set(value)) == len(value))
+
+
+def _int(lo: int, hi: int | None = None) -> Option:
+    return Option("int", lo=lo, hi=hi)
+
+
+_N, _SEED, _KS = _int(1), _int(0), Option("ks")
+# The options of every probe type of `config.evals` (besides `type`): the tasks here and the
+# probes `llmjax.eval.probe` runs itself (icl, induction, perplexity). 0 means "scaled to the
+# window" for icl.early / icl.late and "automatic" for induction.seq_len.
+SCHEMAS: dict[str, dict[str, Option]] = {
+    "episode": {"kind": Option("choice", choices=synthetic.EPISODE_KINDS, required=True),
+                "n": _N, "seed": _SEED, "ks": _KS, "num_examples": _int(1),
+                "sampler": Option("choice", choices=SAMPLERS)},
+    "sentence": {"n": _N, "seed": _SEED, "ks": _KS, "min_words": _int(1), "max_words": _int(1)},
+    "facts": {"n": _N, "seed": _SEED, "top_entities": _int(0)},
+    "icl": {"n": _N, "early": _int(0), "late": _int(0)},
+    "induction": {"n_seqs": _N, "seq_len": _int(0), "seed": _SEED},
+    "perplexity": {"n": _N},
+}
+# Options of each task type in `config.evals` (besides `type`).
+TASK_OPTIONS: dict[str, set[str]] = {t: set(SCHEMAS[t]) for t in ("episode", "sentence", "facts")}
+TASK_TYPES = tuple(TASK_OPTIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,29 +453,60 @@ def check_options(name: str, kind: str, spec: Mapping[str, Any], allowed: set[st
                         f"allowed for type {kind!r}: {', '.join(sorted(allowed))}")
 
 
+def _bad(name: str, key: str, value: Any, allowed: str) -> UserError:
+    return UserError(f"evals.{name}.{key}={value!r}: allowed: {allowed}")
+
+
+def check_spec(name: str, spec: Mapping[str, Any]) -> None:
+    """Checks `config.evals.<name>` against its type's schema (`SCHEMAS`): the type, unknown and
+    missing options, each option's type and range, and the rules between options. UserError
+    naming ``evals.<name>.<option>=<value>`` and the allowed values. Needs no world or model:
+    the limits that depend on them (facts' top_entities, the window) are checked where they are
+    known (`build_task`, `llmjax.eval.probe.check_evals`)."""
+    if not isinstance(spec, Mapping):
+        raise UserError(f"evals.{name}={spec!r}: allowed: a mapping {{type: ..., options}}")
+    kind = spec.get("type")
+    if kind not in SCHEMAS:
+        raise UserError(f"evals.{name}.type={kind!r}: choose from {', '.join(SCHEMAS)}")
+    schema = SCHEMAS[kind]
+    check_options(name, kind, spec, set(schema))
+    for key, option in schema.items():
+        if key not in spec:
+            if option.required:
+                raise UserError(f"evals.{name}.{key} is required for type {kind!r}: "
+                                f"{option.allowed()}")
+            continue
+        if not option.ok(spec[key]):
+            raise _bad(name, key, spec[key], option.allowed())
+    ks = [int(k) for k in spec.get("ks", KS)]
+    if kind == "episode" and "num_examples" in spec and spec["num_examples"] < max(ks) + 1:
+        raise _bad(name, "num_examples", spec["num_examples"],
+                   f"an integer >= max(ks) + 1 = {max(ks) + 1} (the query plus max(ks) shots)")
+    if kind == "sentence" and spec.get("min_words", 4) > spec.get("max_words", 8):
+        raise _bad(name, "max_words", spec.get("max_words", 8),
+                   f"an integer >= min_words = {spec.get('min_words', 4)}")
+    if kind == "icl" and spec.get("early") and spec.get("late") and (
+            spec["early"] >= spec["late"]):
+        raise _bad(name, "late", spec["late"],
+                   f"an integer > early = {spec['early']} (or 0 = scaled to the window)")
+
+
 def build_task(name: str, spec: Mapping[str, Any], world: synthetic.World) -> Task:
     """A task from its `config.evals.<name>` entry (type + options); UserError names bad keys."""
+    if isinstance(spec, Mapping) and spec.get("type") in SCHEMAS and (
+            spec.get("type") not in TASK_OPTIONS):
+        raise UserError(f"evals.{name}.type={spec.get('type')!r} is not a task; task types: "
+                        f"{', '.join(TASK_TYPES)}")
+    check_spec(name, spec)
     spec = dict(spec)
-    kind = spec.pop("type", None)
-    if kind not in TASK_OPTIONS:
-        raise UserError(f"evals.{name}.type={kind!r}: choose from {', '.join(TASK_TYPES)}")
-    check_options(name, kind, spec, TASK_OPTIONS[kind])
-    if "ks" in spec:
-        ks = spec["ks"]
-        if (not isinstance(ks, Sequence) or not ks
-                or any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in ks)):
-            raise UserError(f"evals.{name}.ks={ks!r}: need a non-empty list of integers >= 0")
+    kind = spec.pop("type")
     top = spec.get("top_entities", 0)
-    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= len(world.entities):
-        raise UserError(f"evals.{name}.top_entities={top!r}: need an integer in "
-                        f"0..{len(world.entities)} (0 = every entity)")
-    for key in ("n", "num_examples", "min_words", "max_words"):
-        if key in spec and (not isinstance(spec[key], int) or spec[key] < 1):
-            raise UserError(f"evals.{name}.{key}={spec[key]!r}: need an integer >= 1")
+    if top > len(world.entities):
+        raise _bad(name, "top_entities", top,
+                   f"an integer in 0..{len(world.entities)} (0 = every entity)")
+    if "ks" in spec:
+        spec["ks"] = tuple(int(k) for k in spec["ks"])
     if kind == "episode":
-        if "kind" not in spec:
-            raise UserError(f"evals.{name}.kind is required for type 'episode' "
-                            f"({', '.join(synthetic.EPISODE_KINDS)})")
         return EpisodeTask(name, spec.pop("kind"), world, **spec)
     if kind == "sentence":
         return SentenceTask(name, world, **spec)
