@@ -1,11 +1,12 @@
 """The train step: one pure jitted function (TrainState, batch) -> (TrainState, metrics).
 
 Everything per step happens on device inside one XLA program: the forward/backward of every
-microbatch (lax.scan), gradient averaging, clipping, AdamW, the NaN/Inf check and (on_nan='skip')
-the conditional update. The state buffers are donated, so parameters and optimizer moments are
-updated in place. Functional NNX: the model is `nnx.merge(graphdef, params)` inside the trace;
-params are a plain nested dict of arrays (nnx.State.to_pure_dict()), so optax masks, orbax
-checkpoints and jit shardings all see an ordinary pytree.
+microbatch (lax.scan), gradient averaging, clipping, AdamW, the NaN/Inf check (loss, gradients,
+and the updated parameters and optimizer moments) and (on_nan='skip') the conditional update.
+The state buffers are donated, so parameters and optimizer moments are updated in place.
+Functional NNX: the model is `nnx.merge(graphdef, params)` inside the trace; params are a plain
+nested dict of arrays (nnx.State.to_pure_dict()), so optax masks, orbax checkpoints and jit
+shardings all see an ordinary pytree.
 
 Loss: next-token cross-entropy summed over unmasked targets and divided by their count over the
 whole (global) batch, so microbatching or sharding does not change its value; optional z-loss
@@ -61,6 +62,19 @@ def token_losses(logits: jax.Array, targets: jax.Array, mask: jax.Array
     return jnp.sum(nll * mask), jnp.sum(jnp.square(log_z) * mask), jnp.sum(mask)
 
 
+def all_finite(tree: Any) -> jax.Array:
+    """bool []: every element of every floating leaf of `tree` is finite (integer leaves, e.g.
+    optax's step count, are skipped). One isfinite-and-reduce per leaf, combined with `&`: one
+    read of the leaves (on CPU, params + Adam moments of a 4M model at batch 8x128: +7% bytes
+    accessed, step time within noise; XLA may fuse a reduction into the update producing it)."""
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+             if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    out = jnp.bool_(True)
+    for f in flags:
+        out = out & f
+    return out
+
+
 def _split_microbatches(batch: Batch, microbatches: int) -> Batch:
     """[batch, ...] -> [microbatches, batch/microbatches, ...] with row r in microbatch r % m.
 
@@ -83,9 +97,11 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     """The pure step function (not jitted: `jit_train_step` adds shardings and donation).
 
     metrics (all scalars, on device): loss (mean NLL, nats/token, without z-loss), z_loss term,
-    grad_norm (before clipping), lr (used for this update), tokens (unmasked targets), finite
-    (bool: loss and grad norm are finite; with skip_nonfinite a non-finite step changes nothing
-    but `step`).
+    grad_norm (before clipping), lr (used for this update), tokens (unmasked targets),
+    params_finite (bool: every updated parameter and floating optimizer-state value, e.g. Adam's
+    moments, is finite), finite (bool: loss, grad norm and params_finite all are). With
+    skip_nonfinite a non-finite step changes nothing but `step`: the old params and optimizer
+    state are kept.
     """
 
     def sums_and_grads(params: Any, batch: Batch, key: jax.Array | None):
@@ -122,7 +138,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # The update itself may overflow (finite grads, a huge step): check what would be kept.
+        params_finite = all_finite((params, opt_state))
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & params_finite
         if skip_nonfinite:
             keep = lambda new, old: jnp.where(finite, new, old)
             params = jax.tree.map(keep, params, state.params)
@@ -134,6 +152,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
             "lr": schedule(state.step),
             "tokens": count,
             "finite": finite,
+            "params_finite": params_finite,
         }
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
