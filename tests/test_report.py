@@ -44,9 +44,9 @@ def law_loss(N: float, D: float) -> float:
     return LAW["E"] + LAW["A"] / N ** LAW["alpha"] + LAW["B"] / D ** LAW["beta"]
 
 
-def _run_row(name, N, D, loss, *, lr=1e-3, budget="", status="ok", error=""):
+def _run_row(name, N, D, loss, *, lr=1e-3, budget="", status="complete", error=""):
     emb = VOCAB * D_MODEL
-    done = status == "ok"
+    done = status == "complete"
     return {
         "name": name, "status": status, "error": error, "n_params": int(N) + emb,
         "n_non_embedding": int(N), "n_embedding": emb, "d_model": D_MODEL, "n_layers": 2,
@@ -293,9 +293,11 @@ GOOD_HEADER = ",".join(RESULT_COLUMNS)
         ("", "is empty"),
         (GOOD_HEADER + "\n", "has a header but no runs"),
         ("a,b,c\n1,2,3\n", "lacks column(s) name, status, n_non_embedding"),
-        (GOOD_HEADER + "\nx,ok,,1\n", "expected 25 fields, got 4"),
-        (GOOD_HEADER + "\n" + "r,ok,," + ",".join(["1"] * 16) + ",oops," + ",".join(["1"] * 5),
-         "final_eval_loss is not a number: 'oops'"),
+        (GOOD_HEADER + "\nx,complete,,1\n", "expected 25 fields, got 4"),
+        (GOOD_HEADER + "\n" + "r,complete,," + ",".join(["1"] * 16) + ",oops,"
+         + ",".join(["1"] * 5), "final_eval_loss is not a number: 'oops'"),
+        (GOOD_HEADER + "\n" + "r,ok,," + ",".join(["1"] * 22),
+         "status 'ok' is not one of pending, running, complete, failed, interrupted"),
         ("\x00\xff\xfe garbage \x00", "results.csv"),
     ],
 )

@@ -135,10 +135,10 @@ def test_parquet_copy_when_pyarrow_is_installed(tmp_path):
 
 def test_run_trained_outside_a_sweep(tmp_path, capsys):
     """A plain `train()` run under runs/: counted from its config.json with the model's own
-    parameter count, status from its metrics, wall time from its metadata."""
-    from llmjax.config import load_config
+    parameter count, status from the status.json the loop wrote, wall time from its metadata."""
+    from llmjax.config import load_config, parse_experiment
     from llmjax.model.flops import flops_per_token, param_counts
-    from llmjax.train.loop import model_config_for, train
+    from llmjax.train.loop import train
 
     config = load_config(TINY, ["steps=4", "eval_every=2", "eval_batches=1", "log_every=1",
                                 "checkpoint_every=4", "tensorboard=false",
@@ -150,7 +150,7 @@ def test_run_trained_outside_a_sweep(tmp_path, capsys):
     assert main([f"--workdir={tmp_path / 'sweep'}"]) == 0
     assert "1 runs (1 complete)" in capsys.readouterr().out
     (row,) = read_csv(tmp_path / "sweep" / "results.csv")
-    mcfg = model_config_for(config, 259)
+    mcfg = parse_experiment(config).model_config(259)
     counts = param_counts(mcfg)
     tokens = 4 * 16 * 64
     assert row["name"] == "by_hand" and row["status"] == "complete"
@@ -215,3 +215,25 @@ def test_probe_records_become_columns_and_probes_csv(tmp_path, capsys):
     assert p["tokens"] == 160 and p["flops"] == 1000 * 160 and p["flops_6nd"] == 6 * 500 * 160
     assert p["final"] == "False" and p["value"] == pytest.approx(-0.5)
     assert p["n_non_embedding"] == 500 and p["n"] == 64 and p["status"] == "complete"
+
+
+def test_status_column_holds_a_status_value(tmp_path):
+    """status.json decides; a run without one (trained by hand before the loop wrote it) is
+    complete only when its metrics reach the last step."""
+    from llmjax.rundir import RunDir, Status
+
+    w = str(tmp_path)
+    _sweep_run(w, "done", status="interrupted", metrics=_lines(
+        {"kind": "train", "step": 10, "loss": 1.5, "tokens": 320}))
+    for name, last in (("legacy_done", 10), ("legacy_partial", 4), ("legacy_empty", None)):
+        run = RunDir(_sweep_run(w, name, status="complete", metrics=None if last is None else
+                                _lines({"kind": "train", "step": last, "loss": 2.0})))
+        os.unlink(run.status_path)
+    rows = {r["name"]: r for r in collect_results(w)[0]}
+    assert {n: r["status"] for n, r in rows.items()} == {
+        "done": "interrupted", "legacy_done": "complete", "legacy_partial": "running",
+        "legacy_empty": "pending"}
+    assert all(type(r["status"]) is str and r["status"] in set(Status) for r in rows.values())
+    write_results(w)
+    assert [r["status"] for r in read_csv(os.path.join(w, "results.csv"))] == [
+        "interrupted", "complete", "pending", "running"]  # by name

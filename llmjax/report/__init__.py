@@ -1,52 +1,50 @@
 """The scaling report of a sweep: fits from results.csv / curves.csv, plots, report.md.
 
 - `analyze(rows, curves)` (scaling.py): every fit of the report with bootstrap intervals, pure.
-- `plot_*` / `write_plots` (plots.py): matplotlib figures and PNGs.
+- `plot_*` / `scaling_figures` / `write_plots` (plots.py): matplotlib figures and PNGs.
 - `render_markdown`, `headline_lines` (markdown.py): report.md and the headline.
 - `analyze_emergence` (emergence.py): the probes across scale and through training, sigmoid
   transitions in log-compute; `plot_task` / `write_emergence_plots` (emergence_plots.py);
   `section_emergence` (markdown.py).
+- `read_results` / `read_curves` / `read_probes` (tables.py): the input tables, checked strictly;
+  `outputs.py`: every output written atomically, output paths checked before the first write.
 - `load_tables`, `write_report` (cli.py): the file edge; `llmjax report --workdir=DIR`.
+
+The names below are imported on first use, so `llmjax report` with bad input answers before
+numpy, scipy and matplotlib are loaded.
 """
 
-from llmjax.report.cli import ReportResult, load_tables, write_report
-from llmjax.report.emergence import EmergenceAnalysis, analyze_emergence, load_probe_rows
-from llmjax.report.emergence_plots import (
-    plot_icl_vs_scale,
-    plot_task,
-    plot_training,
-    write_emergence_plots,
-)
-from llmjax.report.markdown import headline_lines, render_markdown, section_emergence
-from llmjax.report.plots import (
-    plot_isoflop,
-    plot_loss_vs_compute,
-    plot_loss_vs_params,
-    plot_nopt_vs_compute,
-    write_plots,
-)
-from llmjax.report.scaling import AnalysisOptions, ScalingAnalysis, analyze
+from __future__ import annotations
 
-__all__ = [
-    "AnalysisOptions",
-    "EmergenceAnalysis",
-    "analyze_emergence",
-    "load_probe_rows",
-    "plot_icl_vs_scale",
-    "plot_task",
-    "plot_training",
-    "section_emergence",
-    "write_emergence_plots",
-    "ReportResult",
-    "ScalingAnalysis",
-    "analyze",
-    "headline_lines",
-    "load_tables",
-    "plot_isoflop",
-    "plot_loss_vs_compute",
-    "plot_loss_vs_params",
-    "plot_nopt_vs_compute",
-    "render_markdown",
-    "write_plots",
-    "write_report",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "ReportResult": "cli", "load_tables": "cli", "write_report": "cli",
+    "EmergenceAnalysis": "emergence", "analyze_emergence": "emergence",
+    "load_probe_rows": "emergence",
+    "emergence_figures": "emergence_plots", "plot_icl_vs_scale": "emergence_plots",
+    "plot_task": "emergence_plots", "plot_training": "emergence_plots",
+    "write_emergence_plots": "emergence_plots",
+    "headline_lines": "markdown", "render_markdown": "markdown", "section_emergence": "markdown",
+    "plot_isoflop": "plots", "plot_loss_vs_compute": "plots", "plot_loss_vs_params": "plots",
+    "plot_nopt_vs_compute": "plots", "scaling_figures": "plots", "write_plots": "plots",
+    "AnalysisOptions": "scaling", "ScalingAnalysis": "scaling", "analyze": "scaling",
+    "read_curves": "tables", "read_probes": "tables", "read_results": "tables",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
+
+__all__ = sorted(_WHERE)

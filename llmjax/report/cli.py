@@ -7,12 +7,17 @@ or DIR/runs/*/probes.jsonl; `llmjax.report.emergence`), and writes the PNG plots
 report.json (the headline numbers, every fit's parameters, every probe series' transition test).
 Prints the report's path and the headline numbers.
 This module is the edge with files; the fits and rendering are pure.
+
+Every input (the workdir, the three tables, the runs when they are collected, the output
+directory and the report's own paths) is checked before the first file is written, and bad input
+is a one-line UserError naming the file (`llmjax.report.tables`). Each output is then written
+atomically (`llmjax.report.outputs`): a failed write or a kill leaves the previous file readable.
+Only runs whose status is `complete` (`llmjax.rundir.Status`) are fitted.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -21,102 +26,52 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from llmjax.errors import UserError
-
-RESULTS_REQUIRED = ("name", "status", "n_non_embedding", "tokens", "final_eval_loss")
-CURVES_REQUIRED = ("name", "tokens", "eval_loss")
-# Numeric columns checked strictly in rows whose status says they finished.
-RESULTS_NUMERIC = (
-    "n_params", "n_non_embedding", "n_embedding", "tokens", "flops", "flops_6nd",
-    "final_eval_loss", "best_eval_loss", "wall_time_s", "budget",
+from llmjax.report.tables import (  # noqa: F401  (re-exported: the checks of the input tables)
+    CURVES_NUMERIC,
+    CURVES_REQUIRED,
+    RESULTS_NUMERIC,
+    RESULTS_REQUIRED,
+    read_curves,
+    read_results,
+    read_table,
 )
-CURVES_NUMERIC = ("step", "tokens", "flops", "flops_6nd", "eval_loss", "n_non_embedding")
+
+REPORT_MD = "report.md"
+REPORT_JSON = "report.json"
 
 
-def _is_number(text: str | None) -> bool:
-    if text is None or not text.strip():
-        return True  # empty cells are missing values, not garbage
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def read_table(
-    path: str, required: tuple[str, ...], numeric: tuple[str, ...], *, strict_rows=None
-) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts of strings; a one-line UserError naming the file if garbled.
-
-    required: columns the header must have. numeric: columns whose non-empty cells must parse as
-    numbers, in rows for which strict_rows(row) is true (default all rows).
-    """
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames
-            if not header:
-                raise UserError(f"{path} is empty")
-            missing = [c for c in required if c not in header]
-            if missing:
-                cols = ", ".join(missing)
-                raise UserError(f"{path} lacks column(s) {cols}; is it a sweep table?")
-            rows = []
-            for row in reader:
-                line = reader.line_num
-                if None in row or any(v is None for v in row.values()):
-                    got = sum(v is not None for k, v in row.items() if k is not None)
-                    got += len(row.get(None) or ())
-                    raise UserError(f"{path}:{line}: expected {len(header)} fields, got {got}")
-                if strict_rows is None or strict_rows(row):
-                    for col in numeric:
-                        if col in row and not _is_number(row[col]):
-                            raise UserError(f"{path}:{line}: {col} is not a number: {row[col]!r}")
-                rows.append(row)
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not a readable CSV file ({type(e).__name__})") from None
-    except IsADirectoryError:
-        raise UserError(f"{path} is a directory, not a CSV file") from None
-    return rows
-
-
-def _finished(row: dict[str, str]) -> bool:
-    from llmjax.report.scaling import OK_STATUSES
-
-    return (row.get("status") or "").strip().lower() in OK_STATUSES
+def _check_workdir(workdir: str) -> None:
+    if not os.path.isdir(workdir):
+        raise UserError(f"workdir {workdir} does not exist or is not a directory")
 
 
 def _collect_if_needed(workdir: str, results_path: str) -> None:
     """results.csv missing but DIR/runs present: the sweep's collector writes the tables first."""
-    if not os.path.isdir(os.path.join(workdir, "runs")):
+    from llmjax.sweep.results import RUNS_DIR, write_results
+
+    if not os.path.isdir(os.path.join(workdir, RUNS_DIR)):
         raise UserError(f"{results_path} not found; run `llmjax results --workdir={workdir}` first")
-    from llmjax.sweep.results import write_results
-
     write_results(workdir)
-    print(f"collected {workdir}/runs into {results_path}")
-
-
-def _blank(path: str) -> bool:
-    """True for an empty or whitespace-only file (an optional table that was never filled)."""
-    if os.path.getsize(path) > 4096:
-        return False
-    with open(path, "rb") as f:
-        return not f.read().strip()
+    print(f"collected {workdir}/{RUNS_DIR} into {results_path}")
 
 
 def load_tables(workdir: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """(results rows, curves rows) of a sweep directory; curves are [] when curves.csv is absent."""
-    if not os.path.isdir(workdir):
-        raise UserError(f"workdir {workdir} does not exist or is not a directory")
-    results_path = os.path.join(workdir, "results.csv")
-    if not os.path.exists(results_path):
+    """(results rows, curves rows) of a sweep directory; curves are [] when curves.csv is absent.
+
+    Both tables are checked whole (`llmjax.report.tables`): a garbled one is a UserError naming
+    the file. Without results.csv, the runs under DIR/runs are collected into the tables first.
+    """
+    from llmjax.sweep.results import CURVES_CSV, RESULTS_CSV
+
+    _check_workdir(workdir)
+    results_path = os.path.join(workdir, RESULTS_CSV)
+    if not os.path.lexists(results_path):
         _collect_if_needed(workdir, results_path)
-    rows = read_table(results_path, RESULTS_REQUIRED, RESULTS_NUMERIC, strict_rows=_finished)
-    if not rows:
-        raise UserError(f"{results_path} has a header but no runs")
-    curves_path = os.path.join(workdir, "curves.csv")
+    rows = read_results(results_path)
+    curves_path = os.path.join(workdir, CURVES_CSV)
     curves: list[dict[str, str]] = []
-    if os.path.exists(curves_path) and not _blank(curves_path):
-        curves = read_table(curves_path, CURVES_REQUIRED, CURVES_NUMERIC)
+    if os.path.lexists(curves_path):
+        curves = read_curves(curves_path)
     return rows, curves
 
 
@@ -155,6 +110,21 @@ def _fits_dict(analysis) -> dict[str, Any]:
     return out
 
 
+def _load_inputs(workdir: str, out_dir: str | None
+                 ) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(output directory, results rows, curves rows, probe rows): every input read and checked,
+    and the output directory checked, before any fit (cheap: no numpy, no matplotlib)."""
+    from llmjax.report.outputs import check_out_dir, check_targets
+    from llmjax.report.tables import load_probe_rows
+
+    _check_workdir(workdir)
+    out_dir = out_dir or os.path.join(workdir, "report")
+    check_out_dir(out_dir)
+    check_targets([os.path.join(out_dir, REPORT_MD), os.path.join(out_dir, REPORT_JSON)])
+    rows, curves = load_tables(workdir)
+    return out_dir, rows, curves, load_probe_rows(workdir)
+
+
 def write_report(
     workdir: str,
     *,
@@ -163,41 +133,55 @@ def write_report(
     options=None,
     out_dir: str | None = None,
 ) -> ReportResult:
-    """Load DIR's tables, fit, write DIR/report/{*.png, report.md, report.json}."""
-    from llmjax.report.emergence import analyze_emergence, load_probe_rows
-    from llmjax.report.emergence_plots import write_emergence_plots
+    """Load DIR's tables, fit, write DIR/report/{*.png, report.md, report.json}.
+
+    Every input is read and checked, and every output path checked, before the first file is
+    written; each file is then written atomically (`llmjax.report.outputs`), so a failure or a
+    kill leaves the previous report's files readable.
+    """
+    start = time.perf_counter()
+    inputs = _load_inputs(workdir, out_dir)
+    return _write_report(workdir, *inputs, n_boot=n_boot, seed=seed, options=options,
+                         start=start)
+
+
+def _write_report(workdir: str, out_dir: str, rows, curves, probe_rows, *, n_boot, seed,
+                  options, start: float) -> ReportResult:
+    from llmjax.report import emergence_plots, plots
+    from llmjax.report.emergence import analyze_emergence
     from llmjax.report.markdown import render_markdown
-    from llmjax.report.plots import write_plots
+    from llmjax.report.outputs import check_targets, ensure_out_dir, write_text
     from llmjax.report.scaling import analyze
 
-    start = time.perf_counter()
-    rows, curves = load_tables(workdir)
     analysis = analyze(rows, curves, n_boot=n_boot, seed=seed, options=options)
-    emergence = analyze_emergence(load_probe_rows(workdir), compute=analysis.options.compute,
+    emergence = analyze_emergence(probe_rows, compute=analysis.options.compute,
                                   n_boot=analysis.options.n_boot, seed=analysis.options.seed)
-    out_dir = out_dir or os.path.join(workdir, "report")
-    os.makedirs(out_dir, exist_ok=True)
-    plots = write_plots(analysis, out_dir)
-    plots.update(write_emergence_plots(emergence, out_dir))
+    figures = plots.scaling_figures(analysis)
+    emergence_figures = emergence_plots.emergence_figures(emergence)
+    report_md = os.path.join(out_dir, REPORT_MD)
+    report_json = os.path.join(out_dir, REPORT_JSON)
+    names = [n for f in (figures, emergence_figures) for n, fig in f.items() if fig is not None]
+    check_targets([*(os.path.join(out_dir, n) for n in names), report_md, report_json])
+
+    # Figures first, then report.md (which shows them), then report.json.
+    ensure_out_dir(out_dir)
+    written = plots.save_figures(figures, out_dir)
+    written.update(plots.save_figures(emergence_figures, out_dir, dpi=emergence_plots.DPI))
     title = f"Scaling report: {os.path.basename(os.path.abspath(workdir))}"
     headline = analysis.headline()
     headline["emergence"] = emergence.headline()
-    report_md = os.path.join(out_dir, "report.md")
-    with open(report_md, "w", encoding="utf-8") as f:
-        f.write(render_markdown(analysis, plots, title=title, emergence=emergence))
-    report_json = os.path.join(out_dir, "report.json")
+    write_text(report_md, render_markdown(analysis, written, title=title, emergence=emergence))
     payload = {
         "report": report_md,
         "workdir": os.path.abspath(workdir),
         "headline": headline,
-        "plots": plots,
+        "plots": written,
         "options": asdict(analysis.options),
         "fits": _fits_dict(analysis),
         "emergence": emergence.to_dict(),
     }
-    with open(report_json, "w", encoding="utf-8") as f:
-        json.dump(_jsonable(payload), f, indent=2, allow_nan=False)
-    return ReportResult(out_dir, report_md, report_json, plots, headline,
+    write_text(report_json, json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")
+    return ReportResult(out_dir, report_md, report_json, written, headline,
                         time.perf_counter() - start)
 
 
@@ -241,21 +225,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from llmjax.report.markdown import headline_lines
-    from llmjax.report.scaling import AnalysisOptions
-
     args = _parser().parse_args(argv)
     if args.n_boot is not None and args.n_boot < 2:
         raise UserError(f"--n_boot must be >= 2; got {args.n_boot}")
+    if args.holdout_largest < 1:
+        raise UserError(f"--holdout_largest must be >= 1; got {args.holdout_largest}")
+    start = time.perf_counter()
+    inputs = _load_inputs(args.workdir, args.out)  # bad input stops here, before the imports
+
+    from llmjax.report.markdown import headline_lines
+    from llmjax.report.scaling import AnalysisOptions
+
     options = AnalysisOptions(
         approach3_points=args.approach3_points,
         compute=args.compute,
         chinchilla_grid=args.chinchilla_grid,
         holdout_largest=args.holdout_largest,
     )
-    result = write_report(
-        args.workdir, n_boot=args.n_boot, seed=args.seed, options=options, out_dir=args.out
-    )
+    result = _write_report(args.workdir, *inputs, n_boot=args.n_boot, seed=args.seed,
+                           options=options, start=start)
     print(f"report: {result.report_md} ({len(result.plots)} plots, {result.seconds:.1f} s)")
     for line in headline_lines(result.headline):
         print(f"  {line}")

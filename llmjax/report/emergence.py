@@ -26,7 +26,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from llmjax.report.scaling import OK_STATUSES, to_float
+from llmjax.report.scaling import to_float
+from llmjax.rundir import Status
 
 
 class MetricInfo(NamedTuple):
@@ -197,7 +198,7 @@ def parse_runs(rows: Iterable[Mapping[str, Any]], compute: str = "flops_6nd"
             value, to_float(row.get("n")))
     runs, skipped = [], []
     for name, run in by_run.items():
-        if run["status"].strip().lower() not in OK_STATUSES or not run["n"]:
+        if run["status"].strip() != Status.COMPLETE or not run["n"]:
             skipped.append(f"{name} ({run['status'] or 'unknown'})")
             continue
         runs.append(RunProbes(name, run["n"], run["steps"]))
@@ -434,17 +435,11 @@ def analyze_emergence(rows: Iterable[Mapping[str, Any]], *, compute: str = "flop
 
 
 def load_probe_rows(workdir: str) -> list[dict[str, Any]]:
-    """probes.csv of a sweep directory, or (without it) the probes collected from its runs/."""
-    import os
+    """probes.csv of a sweep directory (checked: a garbled file is a UserError naming it), or
+    (without it) the probes collected from its runs/ (`llmjax.report.tables.load_probe_rows`)."""
+    from llmjax.report.tables import load_probe_rows as load
 
-    from llmjax.sweep.results import collect_results, read_csv
-
-    path = os.path.join(workdir, "probes.csv")
-    if os.path.isfile(path):
-        return read_csv(path)
-    if os.path.isdir(os.path.join(workdir, "runs")):
-        return collect_results(workdir)[2]
-    return []
+    return load(workdir)
 
 
 __all__ = ["EmergenceAnalysis", "RunProbes", "TaskSummary", "Transition", "analyze_emergence",

@@ -184,12 +184,18 @@ def plot_training(a: EmergenceAnalysis) -> Figure | None:
     return fig
 
 
-def write_emergence_plots(a: EmergenceAnalysis, out_dir: str) -> dict[str, str]:
-    """Writes every available emergence figure as PNG into out_dir; file name -> path."""
+def emergence_figures(a: EmergenceAnalysis) -> dict[str, Figure | None]:
+    """Every emergence figure drawn, by file name (None where there is nothing to show)."""
     figures = {f"emergence_{task}.png": plot_task(a, task) for task in a.tasks}
     figures["emergence_icl.png"] = plot_icl_vs_scale(a)
     figures["emergence_training.png"] = plot_training(a)
-    return save_figures(figures, out_dir, dpi=DPI)
+    return figures
 
 
-__all__ = ["plot_icl_vs_scale", "plot_task", "plot_training", "write_emergence_plots"]
+def write_emergence_plots(a: EmergenceAnalysis, out_dir: str) -> dict[str, str]:
+    """Writes every available emergence figure as PNG into out_dir; file name -> path."""
+    return save_figures(emergence_figures(a), out_dir, dpi=DPI)
+
+
+__all__ = ["DPI", "emergence_figures", "plot_icl_vs_scale", "plot_task", "plot_training",
+           "write_emergence_plots"]

@@ -100,8 +100,8 @@ def _run_status(run: Run, dropped: set[str]) -> str:
     if not run.usable:
         return f"not used ({run.reason})"
     if run.name in dropped:
-        return f"{run.status or 'ok'} (another run at this (N, D) has lower loss)"
-    return run.status or "ok"
+        return f"{run.status} (another run at this (N, D) has lower loss)"
+    return run.status
 
 
 def _runs_table(a: ScalingAnalysis) -> list[str]:

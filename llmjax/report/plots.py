@@ -16,6 +16,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
+from llmjax.report.outputs import check_targets, ensure_out_dir, output
 from llmjax.report.scaling import ScalingAnalysis
 
 FIGSIZE = (7.0, 4.8)
@@ -229,16 +230,24 @@ PLOTS = {
 
 def save_figures(figures: dict[str, Figure | None], out_dir: str, dpi: int = DPI
                  ) -> dict[str, str]:
-    """Saves each figure that is not None as out_dir/<name>; returns file name -> path."""
-    os.makedirs(out_dir, exist_ok=True)
-    written = {}
-    for name, fig in figures.items():
-        if fig is not None:
-            written[name] = os.path.join(out_dir, name)
-            fig.savefig(written[name], dpi=dpi)
+    """Saves each figure that is not None as out_dir/<name>, atomically; returns file name ->
+    path. A path held by a directory, or a failed write, is a UserError naming the file (the
+    figures saved before it stay written, the file that failed keeps its previous content)."""
+    ensure_out_dir(out_dir)
+    written = {name: os.path.join(out_dir, name) for name, fig in figures.items()
+               if fig is not None}
+    check_targets(written.values())
+    for name, path in written.items():
+        with output(path) as tmp:
+            figures[name].savefig(tmp, dpi=dpi, format=os.path.splitext(name)[1][1:] or None)
     return written
+
+
+def scaling_figures(analysis: ScalingAnalysis) -> dict[str, Figure | None]:
+    """Every figure of PLOTS drawn (None where the analysis has nothing to show)."""
+    return {name: draw(analysis) for name, draw in PLOTS.items()}
 
 
 def write_plots(analysis: ScalingAnalysis, out_dir: str) -> dict[str, str]:
     """Write every available figure as PNG into out_dir; returns file name -> path."""
-    return save_figures({name: draw(analysis) for name, draw in PLOTS.items()}, out_dir)
+    return save_figures(scaling_figures(analysis), out_dir)

@@ -30,10 +30,8 @@ import numpy as np
 
 from llmjax import scaling
 from llmjax.errors import UserError
+from llmjax.rundir import Status
 from llmjax.scaling.isoflop import group_budgets
-
-# Statuses of runs whose numbers are final; anything else (failed, diverged, running) is unused.
-OK_STATUSES = frozenset({"", "ok", "done", "complete", "completed", "finished", "success"})
 
 # Reduced Approach 3 start grid (675 starts): same ranges as the paper's 4,500, coarser steps.
 COARSE_GRID: dict[str, tuple[float, ...]] = {
@@ -154,8 +152,8 @@ def parse_run(row: Mapping[str, Any]) -> Run:
     if nums["flops_6nd"] is None and nums["n_non_embedding"] and nums["tokens"]:
         nums["flops_6nd"] = 6.0 * nums["n_non_embedding"] * nums["tokens"]
     reason = ""
-    if status.lower() not in OK_STATUSES:
-        reason = f"status {status}" + (f": {error}" if error else "")
+    if status != Status.COMPLETE:  # only a complete run's numbers are final
+        reason = f"status {status or '(none)'}" + (f": {error}" if error else "")
     elif error:
         reason = f"error: {error}"
     else:

@@ -26,6 +26,12 @@ curves.csv: name, step, tokens, flops, flops_6nd, eval_loss, n_non_embedding, n_
 probes.csv: name, status, step, final (the run's last probed step), tokens, flops, flops_6nd (at
   that step), n_params, n_non_embedding, task, k, metric, value, n.
 Missing values are empty cells. Runs appear in sweep order, then any others by name.
+
+The status column holds a `llmjax.rundir.Status` value: the run's status.json, or for a run
+trained outside a sweep without one, `complete` when its metrics reach the last step. Run files
+are read through `llmjax.rundir.RunDir`; a damaged one (status.json, config.json, point.json, a
+metrics.jsonl or probes.jsonl holding no JSON record) is a one-line UserError naming it, and
+nothing is written. Every table is written atomically: a kill leaves the previous one readable.
 """
 
 from __future__ import annotations
@@ -36,8 +42,17 @@ import math
 import os
 from typing import Any
 
+from llmjax import rundir
 from llmjax.errors import UserError
-from llmjax.jsonl import read_json, read_jsonl
+from llmjax.rundir import (
+    CONFIG,
+    RunDir,
+    Status,
+    atomic_output,
+    read_json,
+    read_json_file,
+    read_jsonl,
+)
 
 RESULT_COLUMNS = (
     "name", "status", "error", "n_params", "n_non_embedding", "n_embedding", "d_model", "n_layers",
@@ -57,10 +72,16 @@ PROBE_COLUMNS = ("name", "status", "step", "final", "tokens", "flops", "flops_6n
 PROBE_METRICS = ("exact_match", "exact_match_hard", "normalized_token_edit_distance",
                  "target_cross_entropy", "chrf", "acc", "icl_score", "prefix_matching_max",
                  "bits_per_byte")
-PROBES_FILE = "probes.jsonl"  # as llmjax.eval.probe writes it
+# The sweep directory: DIR/runs/<name>/ (run directories, `llmjax.rundir.RunDir`) and the tables.
+RUNS_DIR = rundir.RUNS
+RESULTS_CSV, CURVES_CSV, PROBES_CSV = "results.csv", "curves.csv", "probes.csv"
+_SWEEP, _POINT, _OVERRIDES = rundir.SWEEP, rundir.POINT, rundir.OVERRIDES  # `llmjax sweep` writes
+_COST_KEYS = ("n_params", "n_non_embedding", "n_embedding", "flops_per_token", "steps")
 
 
 def _float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
     try:
         x = float(value)  # metrics.jsonl writes NaN/Inf as strings
     except (TypeError, ValueError):
@@ -68,11 +89,89 @@ def _float(value: Any) -> float | None:
     return x
 
 
-def _wall_from_metadata(path: str, last_time: Any) -> float | None:
+def _int(value: Any) -> int | None:
+    """An integer from a JSON value (3 or 3.0); None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def _read_status(run: RunDir) -> dict[str, Any]:
+    """`run.read_status()`: UserError naming status.json when it is damaged."""
+    return run.read_status()
+
+
+def _read_object(path: str, what: str) -> dict[str, Any] | None:
+    """The JSON object in `path` (None when the file does not exist); UserError naming the file
+    when it is damaged or holds something else than an object."""
+    value = read_json_file(path, what)
+    if value is not None and not isinstance(value, dict):
+        raise UserError(f"{path}: {what} must hold a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _read_records(path: str, what: str) -> list[dict[str, Any]]:
+    """Records of a run's JSON-lines file ([] when it does not exist), read with torn-line
+    tolerance (`llmjax.rundir.read_jsonl`). A file with content but not one JSON record in it
+    (binary or text garbage, not a JSON-lines file) is a UserError naming it; an empty file, or
+    one line torn by a kill while the first record was written, is a run that logged nothing yet.
+    """
+    try:
+        records = read_jsonl(path)
+    except IsADirectoryError:
+        raise UserError(f"{path}: expected a {what}, found a directory") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    if records or not os.path.exists(path):
+        return records
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    text = head.strip()
+    if not text:
+        return []
+    torn_first_line = (b"\n" not in text and b"\0" not in text and text.startswith(b"{")
+                       and os.path.getsize(path) <= len(head))
+    if torn_first_line:
+        return []
+    raise UserError(f"{path}: {what} holds no JSON record; is it a JSON-lines file?")
+
+
+def _section(config: dict[str, Any], key: str, source: str) -> dict[str, Any]:
+    value = config.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{source}: config field {key!r} must be an object, got "
+                        f"{type(value).__name__}")
+    return value
+
+
+def _positive_int(section: dict[str, Any], key: str, where: str, source: str) -> int:
+    value = _int(section.get(key))
+    if value is None or value <= 0:
+        raise UserError(f"{source}: {where}.{key} is {section.get(key)!r}, not a positive integer")
+    return value
+
+
+def _wall_from_metadata(run: RunDir, last_time: Any) -> float | None:
     """Seconds from the run's start (metadata.json) to its last train record (no sweep status)."""
     import datetime
 
-    meta = read_json(os.path.join(path, "metadata.json")) or {}
+    meta = read_json(run.metadata_path)  # damage only means "not known" here
+    if not isinstance(meta, dict):
+        return None
     try:
         start = datetime.datetime.fromisoformat(meta["start_time"]).timestamp()
         return float(last_time) - start
@@ -80,42 +179,59 @@ def _wall_from_metadata(path: str, last_time: Any) -> float | None:
         return None
 
 
-def _model_info(config: dict[str, Any]) -> dict[str, Any]:
-    """Parameter counts and FLOPs/token of a run's config dict (imports jax: only when needed)."""
+def _model_info(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """Parameter counts and FLOPs/token of a run's config dict (imports jax: only when needed);
+    a config they cannot be counted from is a UserError naming `source`."""
     from ml_collections import ConfigDict
 
     from llmjax.sweep.spec import cost, model_config
 
-    cfg = ConfigDict(config)
-    c = cost(cfg)
+    try:
+        cfg = ConfigDict(config)
+        c = cost(cfg)
+        d_ff = model_config(cfg).ff_dim
+    except UserError as e:
+        raise UserError(f"{source}: {_one_line(e)}") from None
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{source}: cannot count the model's parameters from this config "
+                        f"({type(e).__name__}: {_one_line(e)})") from None
     return {"n_params": c.n_params, "n_non_embedding": c.n_non_embedding,
             "n_embedding": c.n_embedding, "flops_per_token": c.flops_per_token, "steps": c.steps,
-            "d_ff": model_config(cfg).ff_dim}
+            "d_ff": d_ff}
 
 
-def _run_row(path: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]] | None:
-    """(row, curve rows, overrides) of one run directory, or None if it is not a run."""
-    point = read_json(os.path.join(path, "point.json"))
-    status = read_json(os.path.join(path, "status.json")) or {}
-    overrides = read_json(os.path.join(path, "overrides.json"))
-    config = read_json(os.path.join(path, "config.json"))
-    if config is None and isinstance(point, dict):
-        config = point.get("config")
-    if not isinstance(config, dict):
+def _run_row(path: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any],
+                                 list[dict[str, Any]]] | None:
+    """(row, curve rows, overrides, probe rows) of one run directory, or None if it is not a run
+    (neither config.json nor a sweep point with a config). A damaged run file is a UserError
+    naming it."""
+    run = RunDir(path)
+    point_path = run.file(_POINT)
+    point = _read_object(point_path, "sweep point file")
+    overrides = _read_object(run.file(_OVERRIDES), "overrides file")
+    config, source = run.saved_config(), run.config_path
+    if config is None and point is not None and point.get("config") is not None:
+        config, source = point["config"], point_path
+        if not isinstance(config, dict):
+            raise UserError(f"{point_path}: its config must be a JSON object")
+    if config is None:
         return None
-    if not isinstance(overrides, dict):
+    if overrides is None:
         overrides = (point or {}).get("overrides") or {}
-    name = os.path.basename(path.rstrip(os.sep))
-    m, d, o = config.get("model", {}), config.get("data", {}), config.get("optimizer", {})
+        if not isinstance(overrides, dict):
+            raise UserError(f"{point_path}: its overrides must be a JSON object")
+    status = _read_status(run)  # UserError naming status.json when it is damaged
+    has_status = os.path.exists(run.status_path)
+    name = os.path.basename(run.path)
+    m, d = _section(config, "model", source), _section(config, "data", source)
+    o = _section(config, "optimizer", source)
 
     info: dict[str, Any] = {}
-    if isinstance(point, dict) and isinstance(point.get("cost"), dict):
-        c = point["cost"]
-        info = {k: c.get(k) for k in ("n_params", "n_non_embedding", "n_embedding",
-                                      "flops_per_token", "steps")}
-    if not info or any(v is None for v in info.values()):
-        info = _model_info(config)
-    if "d_ff" not in info:
+    cost = (point or {}).get("cost")
+    if isinstance(cost, dict) and all(_number(cost.get(k)) for k in _COST_KEYS) \
+            and _int(cost["steps"]) is not None:
+        info = {k: cost[k] for k in _COST_KEYS}
+        info["steps"] = _int(cost["steps"])
         d_ff = m.get("d_ff")
         if d_ff is None:
             try:
@@ -127,33 +243,40 @@ def _run_row(path: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str,
             except Exception:  # noqa: BLE001 - a column of convenience
                 d_ff = None
         info["d_ff"] = d_ff
+    else:
+        info = _model_info(config, source)
 
-    seq_len, batch = d.get("seq_len"), d.get("batch_size")
+    seq_len = _positive_int(d, "seq_len", "data", source)
+    batch = _positive_int(d, "batch_size", "data", source)
     steps = info["steps"]
     tokens = steps * batch * seq_len
     n_ne, fpt = info["n_non_embedding"], info["flops_per_token"]
-    metrics = read_jsonl(os.path.join(path, "metrics.jsonl"))
-    train = [r for r in metrics if r.get("kind") == "train"]
-    evals = [r for r in metrics if r.get("kind") == "eval"]
+    metrics = _read_records(run.metrics_path, "metrics file")
+    train = [r for r in metrics if r.get("kind") == "train" and _int(r.get("step")) is not None]
+    evals = [r for r in metrics if r.get("kind") == "eval" and _int(r.get("step")) is not None]
     eval_losses = [x for x in (_float(r.get("loss")) for r in evals) if x is not None]
     finite = [x for x in eval_losses if math.isfinite(x)]
+    final_step = _int(train[-1]["step"]) if train else 0
 
-    run_status = status.get("status")
-    if run_status is None:  # trained outside a sweep: complete if it reached its last step
-        reached = train[-1]["step"] if train else 0
-        run_status = "complete" if reached >= steps else ("running" if train else "pending")
-    wall = status.get("wall_time_s")
+    if has_status:
+        # (read_status checked the value; a file without the key means pending)
+        run_status = Status(status.get("status", Status.PENDING))
+    else:  # trained outside a sweep, by a loop that left no status.json: infer from its metrics
+        run_status = (Status.COMPLETE if train and final_step >= steps
+                      else Status.RUNNING if train else Status.PENDING)
+    wall = _float(status.get("wall_time_s"))
     if not wall and train:
-        wall = _wall_from_metadata(path, train[-1].get("time"))
+        wall = _wall_from_metadata(run, train[-1].get("time"))
     budget = status.get("budget")
     if budget is None:
-        budget = (point or {}).get("budget") if isinstance(point, dict) else None
+        budget = (point or {}).get("budget")
     if budget is None:
         budget = overrides.get("budget", overrides.get("meta.budget"))
+    budget = _float(budget)
 
     row = {
-        "name": name, "status": run_status,
-        "error": status.get("error") if run_status != "complete" else None,
+        "name": name, "status": run_status.value,
+        "error": status.get("error") if run_status != Status.COMPLETE else None,
         "n_params": info["n_params"], "n_non_embedding": n_ne, "n_embedding": info["n_embedding"],
         "d_model": m.get("d_model"), "n_layers": m.get("n_layers"), "n_heads": m.get("n_heads"),
         "seq_len": seq_len, "batch_size": batch, "lr": o.get("lr"),
@@ -165,43 +288,46 @@ def _run_row(path: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str,
         "best_eval_loss": min(finite) if finite else None,
         "wall_time_s": wall, "budget": budget, "seed": config.get("seed"),
         "vocab_size": m.get("vocab_size"), "d_ff": info["d_ff"], "flops_per_token": fpt,
-        "final_step": train[-1]["step"] if train else 0,
+        "final_step": final_step,
         "final_eval_bits_per_byte": _float(evals[-1].get("bits_per_byte")) if evals else None,
-        "cpu_time_s": status.get("cpu_time_s"),
+        "cpu_time_s": _float(status.get("cpu_time_s")),
     }
     tokens_per_step = batch * seq_len
     curves = []
     for r in evals:
-        step = int(r["step"])
-        tok = int(r.get("tokens", step * tokens_per_step))
+        step = _int(r["step"])
+        tok = _int(r.get("tokens"))
+        tok = step * tokens_per_step if tok is None else tok
         curves.append({"name": name, "step": step, "tokens": tok, "flops": float(fpt) * tok,
                        "flops_6nd": 6.0 * n_ne * tok, "eval_loss": _float(r.get("loss")),
                        "n_non_embedding": n_ne, "n_params": info["n_params"],
                        "eval_bits_per_byte": _float(r.get("bits_per_byte"))})
-    probes = _probe_rows(path, name, run_status, info, tokens_per_step)
+    probes = _probe_rows(run, name, run_status, info, tokens_per_step)
     row.update(_probe_columns(probes))
     return row, curves, overrides, probes
 
 
-def _probe_rows(path: str, name: str, status: str, info: dict[str, Any],
+def _probe_rows(run: RunDir, name: str, status: Status, info: dict[str, Any],
                 tokens_per_step: int) -> list[dict[str, Any]]:
-    """probes.csv rows of one run: its probes.jsonl records with size and compute at each step."""
-    records = [r for r in read_jsonl(os.path.join(path, PROBES_FILE))
-               if isinstance(r, dict) and {"task", "k", "metric", "value", "step"} <= set(r)]
+    """probes.csv rows of one run: its probes.jsonl records with size and compute at each step
+    (records without a task, metric, integer step and k are skipped, like torn lines)."""
+    records = [r for r in _read_records(run.probes_path, "probes file")
+               if {"task", "k", "metric", "value", "step"} <= set(r)
+               and _int(r["step"]) is not None and _int(r["k"]) is not None]
     if not records:
         return []
-    last = max(int(r["step"]) for r in records)
+    last = max(_int(r["step"]) for r in records)
     n_ne, fpt = info["n_non_embedding"], info["flops_per_token"]
     out = []
     for r in records:
-        step = int(r["step"])
-        tokens = int(r.get("tokens") or step * tokens_per_step)
-        out.append({"name": name, "status": status, "step": step, "final": step == last,
+        step = _int(r["step"])
+        tokens = _int(r.get("tokens")) or step * tokens_per_step
+        out.append({"name": name, "status": status.value, "step": step, "final": step == last,
                     "tokens": tokens, "flops": float(fpt) * tokens,
                     "flops_6nd": 6.0 * n_ne * tokens,
                     "n_params": info["n_params"], "n_non_embedding": n_ne, "task": r["task"],
-                    "k": int(r["k"]), "metric": r["metric"], "value": _float(r["value"]),
-                    "n": r.get("n")})
+                    "k": _int(r["k"]), "metric": r["metric"], "value": _float(r["value"]),
+                    "n": r.get("n") if _number(r.get("n")) else None})
     return out
 
 
@@ -224,14 +350,30 @@ def _probe_columns(probes: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _run_dirs(workdir: str) -> list[str]:
-    """Run directories under `<workdir>/runs/`, in sweep order then by name."""
-    runs = os.path.join(workdir, "runs")
+    """Run directories under `<workdir>/runs/`, in sweep order then by name (at least one)."""
+    if not os.path.exists(workdir):
+        raise UserError(f"--workdir={workdir}: does not exist")
+    if not os.path.isdir(workdir):
+        raise UserError(f"--workdir={workdir}: is not a directory")
+    runs = os.path.join(workdir, RUNS_DIR)
     if not os.path.isdir(runs):
+        if os.path.lexists(runs):
+            raise UserError(f"{runs}: is not a directory; a sweep keeps its runs in it")
         raise UserError(f"--workdir={workdir}: no runs/ directory (run `llmjax sweep` first)")
-    sweep = read_json(os.path.join(workdir, "sweep.json")) or {}
-    order = {n: i for i, n in enumerate(sweep.get("points", []))}
-    names = sorted((n for n in os.listdir(runs) if os.path.isdir(os.path.join(runs, n))),
+    sweep_path = os.path.join(workdir, _SWEEP)
+    sweep = _read_object(sweep_path, "sweep file") or {}
+    points = sweep.get("points", [])
+    if not isinstance(points, list):
+        raise UserError(f"{sweep_path}: points must be a list of run names")
+    order = {n: i for i, n in enumerate(points) if isinstance(n, str)}
+    try:
+        entries = os.listdir(runs)
+    except OSError as e:
+        raise UserError(f"{runs}: cannot list it: {e.strerror or e}") from None
+    names = sorted((n for n in entries if os.path.isdir(os.path.join(runs, n))),
                    key=lambda n: (order.get(n, len(order)), n))
+    if not names:
+        raise UserError(f"{runs}: holds no run directories (run `llmjax sweep` first)")
     return [os.path.join(runs, n) for n in names]
 
 
@@ -241,9 +383,11 @@ def collect_results(workdir: str
 
     Rows carry `override.<key>` entries for each of the run's overrides. Reads files only; jax is
     imported only for a run trained outside a sweep (no point.json) to count its parameters.
+    A missing or empty runs/, or a damaged run file, is a UserError naming it.
     """
     rows, curves, probes = [], [], []
-    for path in _run_dirs(workdir):
+    dirs = _run_dirs(workdir)
+    for path in dirs:
         got = _run_row(path)
         if got is None:
             continue
@@ -253,6 +397,10 @@ def collect_results(workdir: str
         rows.append(row)
         curves.extend(run_curves)
         probes.extend(run_probes)
+    if not rows:
+        runs = os.path.join(workdir, RUNS_DIR)
+        raise UserError(f"{runs}: none of its {len(dirs)} directories is a run (no {CONFIG} "
+                        f"or {_POINT} with a config)")
     return rows, curves, probes
 
 
@@ -265,29 +413,34 @@ def _cell(value: Any) -> Any:
 
 
 def _write_csv(path: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: _cell(r.get(c)) for c in columns})
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({c: _cell(r.get(c)) for c in columns})
 
 
-def _write_parquet(path: str, columns: list[str], rows: list[dict[str, Any]]) -> bool:
+def _parquet_table(columns: list[str], rows: list[dict[str, Any]]):
+    """The pyarrow table of `rows`, or None without pyarrow."""
     try:
         import pyarrow as pa
-        import pyarrow.parquet as pq
     except ImportError:
-        return False
+        return None
     data = {c: [None if r.get(c) in ("",) else r.get(c) for r in rows] for c in columns}
     # Mixed-type override columns become strings so one table holds them all.
     for c, values in data.items():
         kinds = {type(v) for v in values if v is not None}
         if len(kinds) > 1 and not kinds <= {int, float}:
             data[c] = [None if v is None else str(v) for v in values]
-    pq.write_table(pa.table(data), path)
-    return True
+    return pa.table(data)
+
+
+def _write_parquet(path: str, table) -> None:
+    import pyarrow.parquet as pq
+
+    with atomic_output(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def result_columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -305,25 +458,48 @@ def result_columns(rows: list[dict[str, Any]]) -> list[str]:
             *sorted(probe, key=order)]
 
 
+def _check_outputs(workdir: str, paths: list[str]) -> None:
+    """Every output can be written: the workdir is writable and no output path is taken by a
+    directory (checked before the first file is written)."""
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise UserError(f"--workdir={workdir}: not writable")
+    for path in paths:
+        if os.path.lexists(path) and not os.path.isfile(path):
+            raise UserError(f"{path}: exists and is not a file; move it away to write results")
+
+
 def write_results(workdir: str, collected: tuple[list, list, list] | None = None) -> list[str]:
     """Writes results.csv, curves.csv and probes.csv (and .parquet copies with pyarrow); returns
-    the paths written. `collected`: `collect_results(workdir)` if already gathered."""
+    the paths written. `collected`: `collect_results(workdir)` if already gathered.
+
+    Each file is written atomically (`llmjax.rundir.atomic_output`): a kill or a failed write
+    leaves its previous version readable. Output paths are checked before anything is written; a
+    write that fails is a UserError naming the file.
+    """
     rows, curves, probes = collected if collected is not None else collect_results(workdir)
-    paths = []
     columns = result_columns(rows)
-    for stem, cols, table in (("results", columns, rows), ("curves", list(CURVE_COLUMNS), curves),
-                              ("probes", list(PROBE_COLUMNS), probes)):
-        path = os.path.join(workdir, f"{stem}.csv")
-        _write_csv(path, cols, table)
-        paths.append(path)
-        parquet = os.path.join(workdir, f"{stem}.parquet")
-        if _write_parquet(parquet, cols, table):
-            paths.append(parquet)
-    return paths
+    tables = [(RESULTS_CSV, columns, rows), (CURVES_CSV, list(CURVE_COLUMNS), curves),
+              (PROBES_CSV, list(PROBE_COLUMNS), probes)]
+    outputs = []  # (path, writer)
+    for name, cols, table in tables:
+        path = os.path.join(workdir, name)
+        outputs.append((path, lambda p, cols=cols, table=table: _write_csv(p, cols, table)))
+        parquet = _parquet_table(cols, table)
+        if parquet is not None:
+            outputs.append((os.path.splitext(path)[0] + ".parquet",
+                            lambda p, t=parquet: _write_parquet(p, t)))
+    _check_outputs(workdir, [p for p, _ in outputs])
+    for path, write in outputs:
+        try:
+            write(path)
+        except OSError as e:
+            raise UserError(f"{path}: cannot write it: {e.strerror or e}") from None
+    return [p for p, _ in outputs]
 
 
 def read_csv(path: str) -> list[dict[str, Any]]:
-    """Rows of a results/curves CSV with numbers parsed back (empty cells -> None)."""
+    """Rows of a results/curves/probes CSV with numbers parsed back (empty cells -> None); a
+    file that cannot be read as one is a UserError naming it."""
     def parse(v: str) -> Any:
         if v == "":
             return None
@@ -334,8 +510,20 @@ def read_csv(path: str) -> list[dict[str, Any]]:
                 pass
         return v
 
-    with open(path, newline="") as f:
-        return [{k: parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            out = []
+            for r in reader:
+                if None in r or None in r.values():
+                    raise UserError(f"{path}:{reader.line_num}: expected "
+                                    f"{len(reader.fieldnames or ())} fields")
+                out.append({k: parse(v) for k, v in r.items()})
+            return out
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not a readable CSV file ({type(e).__name__})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it: {e.strerror or e}") from None
 
 
 USAGE = "usage: llmjax results --workdir=DIR"
@@ -371,5 +559,6 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["CURVE_COLUMNS", "PROBE_COLUMNS", "PROBE_METRICS", "RESULT_COLUMNS", "collect_results",
-           "main", "probe_column", "read_csv", "result_columns", "write_results"]
+__all__ = ["CURVES_CSV", "CURVE_COLUMNS", "PROBES_CSV", "PROBE_COLUMNS", "PROBE_METRICS",
+           "RESULTS_CSV", "RESULT_COLUMNS", "RUNS_DIR", "collect_results", "main", "probe_column",
+           "read_csv", "result_columns", "write_results"]
