@@ -1,22 +1,27 @@
-"""Experiment configs: `file.py[:arg]` + `--config.a.b=v` overrides, validated before compiling.
+"""Experiment configs: `file.py[:arg]` + `--config.a.b=v` overrides, parsed once into a typed
+`Experiment` before anything is compiled or written.
 
-A config is an `ml_collections.ConfigDict` returned by `get_config(arg=None)` in a Python file
-(big_vision style). It has four sections plus top-level training keys:
+A config file's `get_config(arg=None)` returns an `ml_collections.ConfigDict` (big_vision style)
+with four sections plus top-level training keys:
 
-  model      fields of `llmjax.model.ModelConfig` (`vocab_size` 0 = take it from the tokenizer)
-  data       fields of `llmjax.data.pipeline.DataConfig` (`batch_size` is GLOBAL, in sequences)
-  optimizer  AdamW + schedule (see `OPTIMIZER_FIELDS`)
-  mesh       device-mesh axis sizes `data`, `fsdp`, `tensor` (-1 fills the remaining devices)
-  top level  see `TRAIN_FIELDS`
+  model      `llmjax.model.ModelConfig` (`vocab_size` 0 = take it from the tokenizer)
+  data       `llmjax.data.pipeline.DataConfig` (`batch_size` is GLOBAL, in sequences)
+  optimizer  `OptimizerConfig` (AdamW + schedule)
+  mesh       `MeshConfig`: device-mesh axis sizes `data`, `fsdp`, `tensor` (-1 fills)
+  top level  `TrainConfig` (steps, logging, checkpoints, ...) and `evals` (the probe suite)
 
-`base_config()` holds every key with its default; config files start from it and change what they
-need. `validate(config, num_devices)` raises `UserError` naming the first bad field and its allowed
-values; it touches no file and no device.
+`base_config()` holds every key with its default (derived from those dataclasses, so the
+command line can set any of them); config files start from it. `parse_experiment(config)` is the
+one checker: it turns the ConfigDict into an `Experiment` of typed, frozen sections, naming the
+first bad field (`optimizer.lr=nan: must be a finite number`). Everything below the command line
+takes the Experiment. It touches no file and no device; `Experiment.check_devices` adds the
+checks that need the device and process counts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import types
@@ -26,97 +31,192 @@ from typing import Any, Literal
 
 from ml_collections import config_dict
 
+from llmjax import fields
+from llmjax.data.pipeline import DataConfig
 from llmjax.errors import UserError
+from llmjax.eval.suite import resolve_evals
+from llmjax.model import ModelConfig
+from llmjax.rundir import canonical_config
+from llmjax.sharding import fill_mesh
 
 ConfigDict = config_dict.ConfigDict
+field = fields.field
 
-# name -> (type hint, default, one-line meaning). Types are checked by `validate`.
-TRAIN_FIELDS: dict[str, tuple[Any, Any, str]] = {
-    "seed": (int, 0, "seed of parameter init and dropout (data has its own data.seed)"),
-    "steps": (int, 1000, "optimizer steps to train (ignored when `tokens` is set)"),
-    "tokens": (int | None, None, "train tokens; sets steps = ceil(tokens / (batch_size*seq_len))"),
-    "microbatches": (int, 1, "gradient-accumulation microbatches per step (same jit, lax.scan)"),
-    "z_loss": (float, 0.0, "weight of the z-loss, mean(logsumexp(logits)^2) (PaLM); 0 = off"),
-    "eval_every": (int, 100, "evaluate every N steps and at the last step; 0 = never"),
-    "eval_batches": (int, 4, "fixed validation batches per evaluation"),
-    "log_every": (int, 10, "log train metrics every N steps and at the last step"),
-    "checkpoint_every": (int, 500, "async checkpoint every N steps and at the last step; 0 = last"),
-    "keep_checkpoints": (int, 2, "keep the last K checkpoints"),
-    "keep_every": (int, 0, "also keep every M-th step's checkpoint forever; 0 = none"),
-    "log_spaced_checkpoints": (bool, False, "also save+keep steps 1,2,4,8,...,512 (Pythia-style)"),
-    "on_nan": (Literal["stop", "skip"], "stop", "NaN/Inf loss/grads: stop run / skip step"),
-    "distributed": (str, "auto", "jax.distributed.initialize: 'true', 'false' or 'auto' (= when "
-                    "a SLURM/MPI/TPU multi-process environment is detected); case-insensitive"),
-    "tensorboard": (bool, True, "write TensorBoard events when tensorboardX is installed"),
-    "evals": (dict, {}, "probe suite of `llmjax probe`, name -> {type, ...} (llmjax.eval.probe); "
-              "empty = its default suite"),
-    "probe_checkpoints": (bool, False, "run the probe suite (config.evals) on the parameters at "
-                          "every checkpoint save and merge the records into WORKDIR/probes.jsonl"),
-    "probe_tasks": (str, "", "comma-separated probe names to run during training (names of "
-                    "config.evals or of the default suite); '' = the whole suite"),
-}
-
-OPTIMIZER_FIELDS: dict[str, tuple[Any, Any, str]] = {
-    "lr": (float, 3e-4, "peak learning rate"),
-    "warmup_steps": (int, 100, "linear warmup from 0 to lr"),
-    "schedule": (Literal["cosine", "linear", "constant"], "cosine", "decay after warmup"),
-    "min_lr_ratio": (float, 0.1, "final lr = lr * min_lr_ratio"),
-    "b1": (float, 0.9, "Adam beta1"),
-    "b2": (float, 0.95, "Adam beta2"),
-    "eps": (float, 1e-8, "Adam epsilon"),
-    "weight_decay": (float, 0.1, "decoupled weight decay (never on norms/biases)"),
-    "decay_embeddings": (bool, False, "apply weight decay to embedding tables too"),
-    "grad_clip": (float, 1.0, "clip the global gradient norm to this; 0 = off"),
-}
-
-MESH_FIELDS: dict[str, tuple[Any, Any, str]] = {
-    "data": (int, -1, "pure data-parallel axis size (-1 = fill)"),
-    "fsdp": (int, 1, "fully-sharded data-parallel axis size (-1 = fill)"),
-    "tensor": (int, 1, "tensor-parallel axis size (-1 = fill)"),
-}
-
-SECTIONS = ("model", "data", "optimizer", "mesh")
 DISTRIBUTED_VALUES = ("auto", "true", "false", "yes", "no", "1", "0")
+SECTIONS = ("model", "data", "optimizer", "mesh")
+# Stand-in vocabulary for checking a model whose vocab_size comes from the tokenizer (0).
+_STAND_IN_VOCAB = 256
+
+
+# --------------------------------------------------------------------------- typed sections
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """The `optimizer` section: AdamW with warmup and a decay schedule."""
+
+    lr: float = field(3e-4, "peak learning rate", gt=0)
+    warmup_steps: int = field(100, "linear warmup from 0 to lr", ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = field("cosine", "decay after warmup")
+    min_lr_ratio: float = field(0.1, "final lr = lr * min_lr_ratio", ge=0, le=1)
+    b1: float = field(0.9, "Adam beta1", ge=0, lt=1)
+    b2: float = field(0.95, "Adam beta2", ge=0, lt=1)
+    eps: float = field(1e-8, "Adam epsilon (> 0: it keeps the update's denominator off 0)",
+                       gt=0)
+    weight_decay: float = field(0.1, "decoupled weight decay (never on norms/biases)", ge=0)
+    decay_embeddings: bool = field(False, "apply weight decay to embedding tables too")
+    grad_clip: float = field(1.0, "clip the global gradient norm to this; 0 = off", ge=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """The `mesh` section: device-mesh axis sizes; one may be -1 (fill the remaining devices)."""
+
+    data: int = field(-1, "pure data-parallel axis size (-1 = fill)")
+    fsdp: int = field(1, "fully-sharded data-parallel axis size (-1 = fill)")
+    tensor: int = field(1, "tensor-parallel axis size (-1 = fill)")
+
+    def check(self) -> None:
+        """Sizes alone (positive or one -1); the device count is checked by `shape`."""
+        fill_mesh(self.data, self.fsdp, self.tensor,
+                  math.prod(max(v, 1) for v in self.sizes) if all(
+                      isinstance(v, int) and v != 0 for v in self.sizes) else 1)
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        return self.data, self.fsdp, self.tensor
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.sizes)
+
+    def shape(self, num_devices: int) -> tuple[int, int, int]:
+        """(data, fsdp, tensor) with -1 filled for `num_devices` devices."""
+        return fill_mesh(self.data, self.fsdp, self.tensor, num_devices)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The config's top-level keys: how long to train, what to log, keep and probe."""
+
+    seed: int = field(0, "seed of parameter init and dropout (data has its own data.seed)",
+                      ge=0)
+    steps: int = field(1000, "optimizer steps to train (ignored when `tokens` is set)", ge=1)
+    tokens: int | None = field(None, "train tokens; sets steps = ceil(tokens / (batch_size * "
+                               "seq_len))", ge=1)
+    microbatches: int = field(1, "gradient-accumulation microbatches per step", ge=1)
+    z_loss: float = field(0.0, "weight of the z-loss, mean(logsumexp(logits)^2) (PaLM); 0 = off",
+                          ge=0)
+    eval_every: int = field(100, "evaluate every N steps and at the last step; 0 = never", ge=0)
+    eval_batches: int = field(4, "fixed validation batches per evaluation", ge=1)
+    log_every: int = field(10, "log train metrics every N steps and at the last step", ge=1)
+    checkpoint_every: int = field(500, "checkpoint every N steps and at the last step; 0 = last",
+                                  ge=0)
+    keep_checkpoints: int = field(2, "keep the last K checkpoints", ge=1)
+    keep_every: int = field(0, "also keep every M-th step's checkpoint forever; 0 = none", ge=0)
+    log_spaced_checkpoints: bool = field(False, "also save+keep steps 1,2,4,...,512 (Pythia)")
+    on_nan: Literal["stop", "skip"] = field(
+        "stop", "a non-finite loss, gradient or updated parameter: stop the run / skip the "
+        "update (at most max_skips in a row)")
+    max_skips: int = field(10, "on_nan='skip': stop (exit 1) after this many consecutive "
+                           "skipped updates", ge=1)
+    distributed: str = field("auto", "jax.distributed.initialize: 'true', 'false' or 'auto' "
+                             "(= when a SLURM/MPI/TPU multi-process environment is detected)")
+    tensorboard: bool = field(True, "write TensorBoard events when tensorboardX is installed")
+    evals: dict = field(None, "probe suite of `llmjax probe`, name -> {type, ...} "
+                        "(llmjax.eval.probe); empty = its default suite", factory=dict)
+    probe_checkpoints: bool = field(False, "run the probe suite on the parameters at every "
+                                    "checkpoint save and merge the records into probes.jsonl")
+    probe_tasks: str = field("", "comma-separated probe names to run during training "
+                             "('' = the whole suite)")
+
+    def check(self) -> None:
+        if str(self.distributed).strip().lower() not in DISTRIBUTED_VALUES:
+            raise UserError(f"distributed={self.distributed!r}: allowed values are 'auto', "
+                            "'true', 'false' (case-insensitive)")
+
+    @property
+    def probe_task_names(self) -> list[str] | None:
+        """probe_tasks as a list of probe names; None = the whole suite."""
+        names = [t.strip() for t in self.probe_tasks.split(",") if t.strip()]
+        return names or None
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A parsed, checked config: typed sections, plus the canonical JSON it came from.
+
+    `model.vocab_size` is the tokenizer's when the config said 0 (`model_config(vocab)`).
+    """
+
+    model: ModelConfig
+    data: DataConfig
+    optimizer: OptimizerConfig
+    train: TrainConfig
+    mesh: MeshConfig
+    vocab_from_tokenizer: bool
+    source: dict[str, Any]  # the config as JSON data: what config.json holds
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps of the run: `steps`, or ceil(tokens / tokens-per-step)."""
+        if self.train.tokens:
+            return math.ceil(self.train.tokens / self.tokens_per_step)
+        return self.train.steps
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.data.batch_size * self.data.seq_len
+
+    @property
+    def evals(self) -> dict[str, Any]:
+        return dict(self.train.evals)
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        """The ModelConfig for a tokenizer of `vocab_size` tokens (the one place 0 is resolved)."""
+        if self.vocab_from_tokenizer:
+            return dataclasses.replace(self.model, vocab_size=vocab_size)
+        if self.model.vocab_size < vocab_size:
+            raise UserError(f"model.vocab_size={self.model.vocab_size} is smaller than the "
+                            f"tokenizer's vocabulary ({vocab_size}); allowed: >= {vocab_size}, "
+                            "or 0 = take it from the tokenizer")
+        return self.model
+
+    def to_json(self) -> str:
+        return json.dumps(self.source, indent=2, sort_keys=True)
+
+    def check_devices(self, num_devices: int, process_count: int = 1) -> tuple[int, int, int]:
+        """Checks the mesh against the devices and the batch split; returns the mesh shape."""
+        if num_devices < 1:
+            raise UserError(f"no devices available (num_devices={num_devices})")
+        data_size, fsdp_size, tensor_size = self.mesh.shape(num_devices)
+        dp = data_size * fsdp_size
+        b, mb = self.data.batch_size, self.train.microbatches
+        if b % dp:
+            raise UserError(f"data.batch_size={b} is not divisible by the data-parallel size "
+                            f"mesh.data*mesh.fsdp={dp}; allowed: multiples of {dp}")
+        if b % process_count:
+            raise UserError(f"data.batch_size={b} is not divisible by the {process_count} "
+                            f"processes; allowed: multiples of {process_count}")
+        if (b // mb) % dp:
+            raise UserError(
+                f"microbatches={mb}: each microbatch of {b // mb} sequences must split over the "
+                f"data-parallel size {dp}; allowed: microbatches dividing {b // dp}")
+        return data_size, fsdp_size, tensor_size
 
 
 # --------------------------------------------------------------------------- schema
 
 
-def _model_dataclass() -> type:
-    from llmjax.model import ModelConfig
-
-    return ModelConfig
-
-
-def _data_dataclass() -> type:
-    from llmjax.data.pipeline import DataConfig
-
-    return DataConfig
-
-
-def _dataclass_schema(cls: type) -> dict[str, tuple[Any, Any, str]]:
-    hints = typing.get_type_hints(cls)
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
-        else:
-            default = dataclasses.MISSING
-        out[f.name] = (hints.get(f.name, Any), default, "")
-    return out
-
-
 def schema() -> dict[str, dict[str, tuple[Any, Any, str]]]:
     """Section name ('' = top level) -> field -> (type hint, default, meaning)."""
-    return {
-        "": TRAIN_FIELDS,
-        "model": _dataclass_schema(_model_dataclass()),
-        "data": _dataclass_schema(_data_dataclass()),
-        "optimizer": OPTIMIZER_FIELDS,
-        "mesh": MESH_FIELDS,
-    }
+    out = {}
+    for section, cls in (("", TrainConfig), ("model", ModelConfig), ("data", DataConfig),
+                         ("optimizer", OptimizerConfig), ("mesh", MeshConfig)):
+        hints, defaults = fields.hints(cls), fields.defaults(cls)
+        out[section] = {f.name: (hints[f.name], defaults[f.name], f.metadata.get("help", ""))
+                        for f in dataclasses.fields(cls)}
+    return out
 
 
 def _non_none(hint: Any) -> Any:
@@ -145,17 +245,16 @@ def _default_value(hint: Any, default: Any) -> Any:
 def base_config() -> ConfigDict:
     """Every config key with its default; config files start here (`vocab_size` 0 = tokenizer's)."""
     c = ConfigDict()
-    for section, fields in schema().items():
+    for section, section_fields in schema().items():
         target = c
         if section:
             c[section] = ConfigDict()
             target = c[section]
-        for name, (hint, default, _) in fields.items():
+        for name, (hint, default, _) in section_fields.items():
             if default is dataclasses.MISSING:
                 continue
             target[name] = _default_value(hint, default)
-    if "vocab_size" not in c.model:
-        c.model.vocab_size = 0
+    c.model.vocab_size = 0
     return c
 
 
@@ -293,237 +392,63 @@ def to_json(config: ConfigDict) -> str:
     return config.to_json_best_effort(indent=2, sort_keys=True)
 
 
-# --------------------------------------------------------------------------- validation
+# --------------------------------------------------------------------------- parsing
 
 
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return "None"
-    if hint is Any:
-        return "any value"
-    if isinstance(hint, type):
-        return hint.__name__
-    return str(hint).replace("typing.", "")
+def parse_experiment(config: ConfigDict | Mapping[str, Any], num_devices: int | None = None,
+                     process_count: int = 1) -> Experiment:
+    """The one checker: ConfigDict -> Experiment; UserError naming the first bad field.
 
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(hint))
-    if origin is Literal:
-        return any(type(value) is type(a) and value == a for a in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (tuple, list) or hint in (tuple, list) or origin is Sequence:
-        if not isinstance(value, tuple | list):
-            return False
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_type_ok(v, args[0]) for v in value)
-        if args and len(args) == len(value):
-            return all(_type_ok(v, a) for v, a in zip(value, args, strict=True))
-        return not args
-    if origin in (dict, Mapping) or hint in (dict, Mapping):
-        return isinstance(value, Mapping | ConfigDict)
-    if isinstance(hint, type):
-        return isinstance(value, hint)
-    return True  # a hint we cannot check (e.g. a forward reference): leave it to the consumer
-
-
-def _fill_mesh(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
-    """Mesh sizes with the single -1 filled; raises UserError naming the mesh fields."""
-    sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
-    for name, v in sizes.items():
-        if v == 0 or v < -1:
-            raise UserError(f"mesh.{name}={v}: allowed values are positive integers or -1 (fill)")
-    fill = [n for n, v in sizes.items() if v == -1]
-    if len(fill) > 1:
-        raise UserError(f"mesh.{fill[1]}=-1: at most one mesh axis may be -1 "
-                        f"(mesh.{fill[0]} is already -1)")
-    known = math.prod(v for v in sizes.values() if v != -1)
-    divisors = [d for d in range(1, num_devices + 1) if num_devices % d == 0]
-    if fill:
-        if num_devices % known:
-            raise UserError(
-                f"mesh: {' x '.join(f'{n}={v}' for n, v in sizes.items())} cannot fill "
-                f"{num_devices} devices; the fixed axes' product must divide {num_devices} "
-                f"(allowed products: {divisors})")
-        sizes[fill[0]] = num_devices // known
-    elif known != num_devices:
-        raise UserError(
-            f"mesh.data*mesh.fsdp*mesh.tensor = {data}*{fsdp}*{tensor} = {known} does not match "
-            f"the {num_devices} devices; allowed: sizes whose product is {num_devices} "
-            "(or set one axis to -1 to fill)")
-    return sizes["data"], sizes["fsdp"], sizes["tensor"]
-
-
-def mesh_shape(config: ConfigDict, num_devices: int) -> tuple[int, int, int]:
-    """(data, fsdp, tensor) sizes with -1 filled for `num_devices` devices."""
-    m = config.mesh
-    return _fill_mesh(m.data, m.fsdp, m.tensor, num_devices)
-
-
-def total_steps(config: ConfigDict) -> int:
-    """Optimizer steps of the run: `steps`, or ceil(tokens / tokens-per-step) if `tokens` is set."""
-    if config.get("tokens"):
-        return math.ceil(config.tokens / (config.data.batch_size * config.data.seq_len))
-    return int(config.steps)
-
-
-def _check_section(section: str, values: Any, fields: Mapping[str, tuple[Any, Any, str]]) -> None:
-    prefix = f"{section}." if section else ""
-    if not isinstance(values, ConfigDict | Mapping):
-        raise UserError(f"config field {section!r} must be a section (ConfigDict), "
-                        f"got {type(values).__name__}")
-    for key in values.keys():
-        if section == "" and key in SECTIONS:
-            continue
-        if key not in fields:
-            allowed = ", ".join(sorted(fields))
-            raise UserError(f"unknown config key {prefix}{key}; allowed keys in "
-                            f"{section or 'the top level'}: {allowed}")
-    for key, (hint, default, _) in fields.items():
-        if key not in values:
-            if default is dataclasses.MISSING:
-                raise UserError(f"config key {prefix}{key} is required ({_describe(hint)})")
-            continue
-        value = values[key]
-        if not _type_ok(value, hint):
-            raise UserError(f"config field {prefix}{key}={value!r} has the wrong type; "
-                            f"allowed: {_describe(hint)}")
-
-
-def _positive(config: ConfigDict, dotted: str, minimum: int = 1) -> None:
-    value = config
-    for part in dotted.split("."):
-        value = value[part]
-    if value is not None and value < minimum:
-        raise UserError(f"config field {dotted}={value}: allowed values are integers >= {minimum}")
-
-
-def validate(config: ConfigDict, num_devices: int, process_count: int = 1) -> None:
-    """Checks keys, types and cross-field constraints; raises `UserError` on the first problem.
-
-    `num_devices`: global device count the mesh must match. Pure: no files, no devices.
+    With `num_devices`, also checks the mesh and batch split against the devices. Pure: no files,
+    no devices.
     """
+    if isinstance(config, ConfigDict):
+        config = config.to_dict()
+    if not isinstance(config, Mapping):
+        raise UserError(f"a config must be a mapping of sections, got {type(config).__name__}")
     for section in SECTIONS:
         if section not in config:
             raise UserError(f"config section {section!r} is missing; required sections: "
                             f"{', '.join(SECTIONS)}")
-    for section, fields in schema().items():
-        _check_section(section, config[section] if section else config, fields)
-
-    m, d, o = config.model, config.data, config.optimizer
-    # Model shape constraints.
-    for name in ("d_model", "n_layers", "n_heads"):
-        if name in m:
-            _positive(config, f"model.{name}")
-    if m.d_model % m.n_heads:
-        divisors = [h for h in range(1, m.d_model + 1) if m.d_model % h == 0]
-        raise UserError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}; "
-                        f"allowed n_heads: divisors of {m.d_model} ({_short(divisors)})")
-    n_kv = m.get("n_kv_heads")
-    if n_kv is not None:
-        if n_kv < 1 or m.n_heads % n_kv:
-            divisors = [h for h in range(1, m.n_heads + 1) if m.n_heads % h == 0]
-            raise UserError(f"model.n_kv_heads={n_kv}: model.n_heads={m.n_heads} must be divisible "
-                            f"by it; allowed n_kv_heads: {divisors} (or None = n_heads)")
-    if m.get("vocab_size") not in (None, 0) and m.vocab_size < 0:
-        raise UserError(f"model.vocab_size={m.vocab_size}: allowed values are >= 1, "
-                        "or 0 = take it from the tokenizer")
-    # Data / batch.
-    _positive(config, "data.seq_len")
-    _positive(config, "data.batch_size")
-    if "max_seq_len" in m and m.max_seq_len is not None and d.seq_len > m.max_seq_len:
-        raise UserError(f"data.seq_len={d.seq_len} exceeds model.max_seq_len={m.max_seq_len}; "
-                        f"allowed: seq_len <= {m.max_seq_len}")
-    # Training schedule.
-    _positive(config, "steps")
-    _positive(config, "microbatches")
-    _positive(config, "log_every")
-    _positive(config, "eval_batches")
-    _positive(config, "keep_checkpoints")
-    for name in ("eval_every", "checkpoint_every", "keep_every"):
-        _positive(config, name, minimum=0)
-    _positive(config, "optimizer.warmup_steps", minimum=0)
-    if config.get("tokens") is not None:
-        _positive(config, "tokens")
-    if o.lr <= 0:
-        raise UserError(f"config field optimizer.lr={o.lr}: allowed values are > 0")
-    if not 0.0 <= o.min_lr_ratio <= 1.0:
-        raise UserError(f"optimizer.min_lr_ratio={o.min_lr_ratio}: allowed values are in [0, 1]")
-    for name in ("b1", "b2"):
-        if not 0.0 <= o[name] < 1.0:
-            raise UserError(f"optimizer.{name}={o[name]}: allowed values are in [0, 1)")
-    for name in ("weight_decay", "grad_clip", "eps"):
-        if o[name] < 0:
-            raise UserError(f"optimizer.{name}={o[name]}: allowed values are >= 0")
-    if config.z_loss < 0:
-        raise UserError(f"config field z_loss={config.z_loss}: allowed values are >= 0")
-    # Mesh and how the batch splits over it.
-    if num_devices < 1:
-        raise UserError(f"no devices available (num_devices={num_devices})")
-    data_size, fsdp_size, _ = mesh_shape(config, num_devices)
-    dp = data_size * fsdp_size
-    if d.batch_size % dp:
-        raise UserError(
-            f"data.batch_size={d.batch_size} is not divisible by the data-parallel size "
-            f"mesh.data*mesh.fsdp={dp}; allowed: multiples of {dp}")
-    if d.batch_size % process_count:
-        raise UserError(f"data.batch_size={d.batch_size} is not divisible by the "
-                        f"{process_count} processes; allowed: multiples of {process_count}")
-    mb = config.microbatches
-    if d.batch_size % mb:
-        raise UserError(f"microbatches={mb} does not divide data.batch_size={d.batch_size}; "
-                        f"allowed: divisors of {d.batch_size}")
-    if (d.batch_size // mb) % dp:
-        raise UserError(
-            f"microbatches={mb}: each microbatch of {d.batch_size // mb} sequences must split over "
-            f"the data-parallel size {dp}; allowed: microbatches dividing {d.batch_size // dp}")
-    if str(config.distributed).strip().lower() not in DISTRIBUTED_VALUES:
-        raise UserError(f"config field distributed={config.distributed!r}: allowed values are "
-                        "'auto', 'true', 'false' (case-insensitive)")
-    # Last, the model's own checks (it knows its enums: positions, norm, mlp, dtypes, ...).
-    model_dict = config.model.to_dict()
-    if not model_dict.get("vocab_size"):
-        model_dict["vocab_size"] = 256  # stand-in: the real size comes from the tokenizer
-    _model_dataclass().from_dict(model_dict)
-    # And the pipeline's (tokenizer spec, dataset name, ...); reads no data.
-    _data_dataclass().from_config(config.data, process_count=process_count)
-    # And the probe suite (config.evals, probe_tasks): a typo must not surface after training.
-    if config.get("evals") or config.get("probe_checkpoints") or probe_task_names(config):
-        _check_probe_tasks(config)
+    top = {k: v for k, v in config.items() if k not in SECTIONS}
+    train = fields.parse(TrainConfig, top, "")
+    optimizer = fields.parse(OptimizerConfig, config["optimizer"], "optimizer")
+    mesh = fields.parse(MeshConfig, config["mesh"], "mesh")
+    model_values = dict(config["model"].to_dict() if hasattr(config["model"], "to_dict")
+                        else config["model"])
+    vocab_from_tokenizer = model_values.get("vocab_size") in (0, None)
+    if vocab_from_tokenizer:
+        model_values["vocab_size"] = _STAND_IN_VOCAB
+    model = ModelConfig.from_dict(model_values)
+    data = DataConfig.from_config(config["data"], process_count=process_count)
+    if model.max_seq_len is not None and data.seq_len > model.max_seq_len:
+        raise UserError(f"data.seq_len={data.seq_len} exceeds model.max_seq_len="
+                        f"{model.max_seq_len}; allowed: seq_len <= {model.max_seq_len}")
+    if data.batch_size % train.microbatches:
+        raise UserError(f"microbatches={train.microbatches} does not divide data.batch_size="
+                        f"{data.batch_size}; allowed: divisors of {data.batch_size}")
+    source = canonical_config(json.loads(json.dumps(config, default=_jsonable)))
+    exp = Experiment(model=model, data=data, optimizer=optimizer, train=train, mesh=mesh,
+                     vocab_from_tokenizer=vocab_from_tokenizer, source=source)
+    if num_devices is not None:
+        exp.check_devices(num_devices, process_count)
+    # The probe suite: each probe type's own schema; a typo must not surface after training.
+    if train.evals or train.probe_checkpoints or train.probe_task_names:
+        resolve_evals(train.evals, train.probe_task_names,
+                      tasks_field=f"config field probe_tasks={train.probe_tasks!r} ('' = all)",
+                      max_len=min(data.seq_len, model.max_seq_len or data.seq_len))
+    return exp
 
 
-def probe_task_names(config: ConfigDict) -> list[str] | None:
-    """config.probe_tasks as a list of probe names; None = the whole suite."""
-    names = [t.strip() for t in str(config.get("probe_tasks") or "").split(",") if t.strip()]
-    return names or None
+def _jsonable(x: Any) -> Any:
+    if hasattr(x, "to_dict"):
+        return x.to_dict()
+    if isinstance(x, tuple):
+        return list(x)
+    return str(x)
 
 
-def _check_probe_tasks(config: ConfigDict) -> None:
-    from llmjax.eval.probe import resolve_evals  # lazy: eval imports neither train nor config
-
-    # UserError naming the bad evals.<name> entry, or the unknown names of probe_tasks.
-    resolve_evals(config.get("evals"), probe_task_names(config),
-                  tasks_field=f"config field probe_tasks={config.get('probe_tasks')!r} "
-                              "('' = all)")
-
-
-def _short(values: list[int]) -> str:
-    return str(values) if len(values) <= 12 else str(values[:12])[:-1] + ", ...]"
+def load_experiment(spec: str, overrides: Sequence[str] = (), num_devices: int | None = None,
+                    process_count: int = 1) -> Experiment:
+    """`load_config` then `parse_experiment`."""
+    return parse_experiment(load_config(spec, overrides), num_devices, process_count)

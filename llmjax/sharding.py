@@ -51,6 +51,37 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 _RULES = dict(LOGICAL_AXIS_RULES)
 
 
+def fill_mesh(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
+    """(data, fsdp, tensor) with the one -1 filled so the product is `num_devices`.
+
+    The only place mesh sizes are resolved; UserError naming the mesh fields otherwise.
+    """
+    sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
+    for name, v in sizes.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v == 0 or v < -1:
+            raise UserError(f"mesh.{name}={v!r}: allowed values are positive integers or -1 "
+                            "(fill)")
+    fill = [n for n, v in sizes.items() if v == -1]
+    if len(fill) > 1:
+        raise UserError(f"mesh.{fill[1]}=-1: at most one mesh axis may be -1 "
+                        f"(mesh.{fill[0]} is already -1)")
+    known = math.prod(v for v in sizes.values() if v != -1)
+    divisors = [d for d in range(1, num_devices + 1) if num_devices % d == 0]
+    if fill:
+        if num_devices % known:
+            raise UserError(
+                f"mesh: {' x '.join(f'{n}={v}' for n, v in sizes.items())} cannot fill "
+                f"{num_devices} devices; the fixed axes' product must divide {num_devices} "
+                f"(allowed products: {divisors})")
+        sizes[fill[0]] = num_devices // known
+    elif known != num_devices:
+        raise UserError(
+            f"mesh.data*mesh.fsdp*mesh.tensor = {data}*{fsdp}*{tensor} = {known} does not match "
+            f"the {num_devices} devices; allowed: sizes whose product is {num_devices} "
+            "(or set one axis to -1 to fill)")
+    return sizes["data"], sizes["fsdp"], sizes["tensor"]
+
+
 def make_mesh(data: int, fsdp: int, tensor: int, devices: Sequence[Any] | None = None) -> Mesh:
     """A 3-axis mesh ('data', 'fsdp', 'tensor'); one size may be -1 to take the remaining devices.
 
@@ -58,28 +89,7 @@ def make_mesh(data: int, fsdp: int, tensor: int, devices: Sequence[Any] | None =
     Raises UserError (naming `mesh`) when the sizes do not multiply to the device count.
     """
     devices = list(jax.devices() if devices is None else devices)
-    n = len(devices)
-    sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
-    for name, size in sizes.items():
-        if not isinstance(size, int) or isinstance(size, bool) or (size < 1 and size != -1):
-            raise UserError(f"mesh.{name}: must be a positive integer or -1, got {size!r}")
-    fill = [name for name, size in sizes.items() if size == -1]
-    if len(fill) > 1:
-        raise UserError(f"mesh: only one of data/fsdp/tensor may be -1, got {', '.join(fill)}")
-    known = math.prod(size for size in sizes.values() if size != -1)
-    if fill:
-        if n % known:
-            raise UserError(
-                f"mesh: {n} devices are not divisible by the fixed axes' product {known} "
-                f"(data={data}, fsdp={fsdp}, tensor={tensor})"
-            )
-        sizes[fill[0]] = n // known
-    elif known != n:
-        raise UserError(
-            f"mesh: data*fsdp*tensor = {data}*{fsdp}*{tensor} = {known} "
-            f"does not match the {n} available devices"
-        )
-    shape = tuple(sizes[a] for a in MESH_AXES)
+    shape = fill_mesh(data, fsdp, tensor, len(devices))
     axis_types = (AxisType.Auto,) * len(MESH_AXES)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=axis_types)
 

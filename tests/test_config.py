@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from llmjax.cli import main as cli_main
-from llmjax.config import base_config, load_config, total_steps, validate
+from llmjax.config import base_config, load_config, parse_experiment
 from llmjax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +24,7 @@ def test_load_tiny_with_variant_and_overrides():
     assert config.model.d_model == 128
     assert config.data.data_dir == "/x/y"
     assert config.optimizer.schedule == "linear"
-    validate(config, num_devices=4)
+    parse_experiment(config, num_devices=4)
 
 
 def test_bare_name_resolves_to_experiments_configs():
@@ -36,13 +36,13 @@ def test_lm_family_grows_with_depth():
     assert widths == sorted(widths) and len(set(widths)) == 3
     c = load_config(f"{LM}:depth=3,tokenizer=bpe:512")
     assert (c.model.n_layers, c.model.d_model, c.data.tokenizer) == (3, 192, "bpe:512")
-    validate(c, num_devices=1)
+    parse_experiment(c, num_devices=1)
 
 
 def test_tokens_sets_the_step_count():
     config = load_config(TINY, ["tokens=10000"])
     per_step = config.data.batch_size * config.data.seq_len
-    assert total_steps(config) == -(-10000 // per_step)
+    assert parse_experiment(config).steps == -(-10000 // per_step)
 
 
 def test_base_config_has_every_section():
@@ -144,9 +144,9 @@ def test_missing_config_file(tmp_path, capsys):
 
 def test_validate_is_pure_python():
     config = load_config(TINY, ["mesh.data=2", "mesh.tensor=2"])
-    validate(config, num_devices=4)
+    parse_experiment(config, num_devices=4)
     with pytest.raises(UserError, match="mesh"):
-        validate(config, num_devices=8)
+        parse_experiment(config, num_devices=8)
 
 
 def test_exit_code_2_through_the_real_entry_point(tmp_path):

@@ -17,7 +17,7 @@ import optax
 import pytest
 from flax import nnx
 
-from llmjax.config import load_config, validate
+from llmjax.config import OptimizerConfig, load_config, parse_experiment
 from llmjax.errors import UserError
 from llmjax.model import ModelConfig, Transformer
 from llmjax.model.config import attention_scale, init_std, logit_multiplier, lr_multiplier
@@ -129,10 +129,10 @@ def test_zero_init_query_and_readout():
 # ---------------------------------------------------------------------------- optimizer
 
 
-def _opt(weight_decay: float = 0.0, grad_clip: float = 0.0) -> dict:
-    return {"lr": 0.1, "warmup_steps": 0, "schedule": "constant", "min_lr_ratio": 1.0,
-            "b1": 0.9, "b2": 0.95, "eps": 1e-8, "weight_decay": weight_decay,
-            "grad_clip": grad_clip, "decay_embeddings": False}
+def _opt(weight_decay: float = 0.0, grad_clip: float = 0.0) -> OptimizerConfig:
+    return OptimizerConfig(lr=0.1, warmup_steps=0, schedule="constant", min_lr_ratio=1.0,
+                           b1=0.9, b2=0.95, eps=1e-8, weight_decay=weight_decay,
+                           grad_clip=grad_clip, decay_embeddings=False)
 
 
 def test_multipliers_scale_the_adam_step_but_not_the_weight_decay():
@@ -220,18 +220,18 @@ def test_config_validation():
     ModelConfig(mup_base_d_model=64)  # allowed, and ignored, under sp
     with pytest.raises(UserError, match="model.parametrization: 'umup' is not one of sp, mup"):
         ModelConfig(parametrization="umup")
-    with pytest.raises(UserError, match="model.mup_zero_init: expected true/false"):
+    with pytest.raises(UserError, match="model.mup_zero_init=1: wrong type; allowed: true/false"):
         ModelConfig.from_dict({"mup_zero_init": 1})
     # Through the experiment config: the keys exist, and a forgotten base shape is one line.
     config = load_config(TINY, ["model.parametrization=mup"])
     with pytest.raises(UserError, match="model.mup_base_d_model: required"):
-        validate(config, 1)
+        parse_experiment(config, 1)
     config = load_config(TINY, ["model.parametrization=mup", "model.mup_base_d_model=32"])
     with pytest.raises(UserError, match="model.mup_base_d_head: required"):
-        validate(config, 1)
+        parse_experiment(config, 1)
     config = load_config(TINY, ["model.parametrization=mup", "model.mup_base_d_model=32",
                                 "model.mup_base_d_head=8", "model.mup_zero_init=True"])
-    validate(config, 1)
+    parse_experiment(config, 1)
 
 
 # ---------------------------------------------------------------------------- coordinate check

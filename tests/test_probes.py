@@ -14,7 +14,7 @@ import pytest
 
 from llmjax.data import synthetic
 from llmjax.data.tokenizer import ByteTokenizer
-from llmjax.eval import tasks
+from llmjax.eval import suite, tasks
 from llmjax.eval.harness import TokenScores
 from llmjax.eval.prompts import build_episode_prompt
 from llmjax.eval.tasks import EpisodeTask, FactsTask, SentenceTask, evaluate, frequency_baseline
@@ -196,6 +196,76 @@ def test_build_task_rejects_bad_settings_with_one_line():
         tasks.build_task("t", {"type": "facts", "top_entities": 999}, WORLD)
 
 
+def test_every_probe_type_has_a_schema_of_its_options():
+
+    assert set(tasks.SCHEMAS) == set(suite.PROBE_TYPES)
+    for kind, names in {**tasks.TASK_OPTIONS, **suite.OPTIONS}.items():
+        assert set(tasks.SCHEMAS[kind]) == set(names), kind
+    # Each option of each type is refused when bad (the cases below cover them all).
+    covered = {(t, o) for t, o, _ in _BAD_OPTIONS}
+    assert covered == {(t, o) for t, schema in tasks.SCHEMAS.items() for o in schema}
+
+
+_BAD_OPTIONS = [
+    ("episode", "kind", "poetry"), ("episode", "n", 0), ("episode", "seed", -1),
+    ("episode", "ks", [3]), ("episode", "num_examples", 4), ("episode", "sampler", "random"),
+    ("sentence", "n", 1.5), ("sentence", "seed", "1"), ("sentence", "ks", []),
+    ("sentence", "min_words", 0), ("sentence", "max_words", 2),
+    ("facts", "n", True), ("facts", "seed", 0.5), ("facts", "top_entities", 257),
+    ("icl", "n", 0), ("icl", "early", -1), ("icl", "late", 3),
+    ("induction", "n_seqs", 0), ("induction", "seq_len", -1), ("induction", "seed", None),
+    ("perplexity", "n", 0),
+]
+_BASE = {"episode": {"kind": "recall", "ks": [0, 8]}, "sentence": {"min_words": 3},
+         "icl": {"early": 5}}
+
+
+@pytest.mark.parametrize("kind, option, value", _BAD_OPTIONS)
+def test_a_bad_probe_option_names_evals_name_option_value(kind, option, value):
+    from llmjax.errors import UserError
+
+    spec = {"type": kind, **_BASE.get(kind, {}), option: value}
+    with pytest.raises(UserError) as e:
+        suite.check_evals({"p": spec})
+    msg = str(e.value)
+    assert msg.startswith(f"evals.p.{option}={value!r}: allowed: ") and "\n" not in msg, msg
+    with pytest.raises(UserError, match=re.escape(f"evals.p.{option}={value!r}")):
+        suite.resolve_evals({"p": spec, "q": {"type": "perplexity"}})
+
+
+def test_probe_options_that_must_fit_the_window():
+    from llmjax.errors import UserError
+
+    ok = {"i": {"type": "icl", "early": 6, "late": 62}, "h": {"type": "induction", "seq_len": 31}}
+    suite.check_evals(ok, max_len=64)
+    for spec, needle in [
+        ({"type": "icl", "late": 65}, "evals.p.late=65: allowed: an integer in 7..64"),
+        ({"type": "icl", "early": 62}, "evals.p.early=62: allowed: an integer in 1..61"),
+        ({"type": "induction", "seq_len": 32}, "evals.p.seq_len=32: allowed: an integer in 1..31"),
+    ]:
+        suite.check_evals({"p": spec})  # without a window: only the schema applies
+        with pytest.raises(UserError, match=re.escape(needle)):
+            suite.check_evals({"p": spec}, max_len=64)
+
+
+def test_the_default_suite_and_missing_or_misspelt_options():
+    import time
+
+    from llmjax.errors import UserError
+
+    start = time.perf_counter()
+    assert suite.resolve_evals({}) == suite.default_evals()
+    assert time.perf_counter() - start < 2.0
+    for evals, needle in [
+        ({"p": {"type": "episode"}}, "evals.p.kind is required for type 'episode': one of"),
+        ({"p": {"type": "perplexity", "m": 3}}, "evals.p: unknown option(s) m; allowed for type"),
+        ({"p": {"n": 3}}, "evals.p.type=None: choose from episode, sentence, facts, icl"),
+        ({"p": 7}, "evals.p=7: allowed: a mapping"),
+    ]:
+        with pytest.raises(UserError, match=re.escape(needle)):
+            suite.resolve_evals(evals)
+
+
 # ----------------------------------------------------------------------------- a real run
 
 
@@ -286,7 +356,7 @@ def test_training_hook_on_in_memory_params_matches_the_checkpoint_probe(tiny_run
 
     run = probe.load_run(tiny_run)
     _, params, step = probe.load_params(tiny_run, 15, run.model_cfg)
-    hook = probe.probe_params(str(tmp_path), run.config, run.tokenizer, params, step,
+    hook = probe.probe_params(str(tmp_path), run.exp, run.tokenizer, params, step,
                               tokens=123, tasks=["recall", "icl"])
     assert {(r["step"], r["tokens"]) for r in hook} == {(15, 123)}
     assert _read(str(tmp_path)) == sorted(hook, key=lambda r: (r["task"], r["k"], r["metric"]))

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from llmjax.config import load_config
+from llmjax.data.pipeline import DataConfig
 from llmjax.model.flops import flops_per_token, param_counts
 from llmjax.sweep.spec import load_sweep, model_config
 
@@ -39,7 +40,7 @@ def test_demo_ladder_spans_decades_at_fixed_tokens_per_param():
         counts, _ = _counts(p.config)
         tokens = p.config.steps * p.config.data.batch_size * p.config.data.seq_len
         assert tokens / counts.non_embedding == pytest.approx(20, rel=0.05), p.name
-        assert p.config.data.dataset == "synthetic" and not p.config.data.synthetic
+        assert DataConfig.from_config(p.config.data).dataset_spec == "synthetic"
         assert p.config.eval_every > 0 and p.config.steps // p.config.eval_every >= 4
         # The same validation rows for every size: eval losses are comparable.
         assert p.config.eval_batches * p.config.data.batch_size == 128

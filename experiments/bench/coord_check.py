@@ -34,6 +34,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from llmjax.config import OptimizerConfig  # noqa: E402
 from llmjax.model import ModelConfig, Transformer  # noqa: E402
 from llmjax.train.optimizer import lr_multiplier_tree, make_optimizer  # noqa: E402
 from llmjax.train.step import TrainState, make_train_step  # noqa: E402
@@ -97,8 +98,8 @@ def measure(cfg: ModelConfig, *, steps: int, lr: float, batch: int = 8, seed: in
     model = Transformer(cfg, rngs=nnx.Rngs(seed))
     graphdef, params = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(params)
-    opt = {"lr": lr, "warmup_steps": 0, "schedule": "constant", "min_lr_ratio": 1.0, "b1": 0.9,
-           "b2": 0.95, "eps": 1e-8, "weight_decay": 0.0, "grad_clip": 0.0}
+    opt = OptimizerConfig(lr=lr, warmup_steps=0, schedule="constant", min_lr_ratio=1.0, b1=0.9,
+                          b2=0.95, eps=1e-8, weight_decay=0.0, grad_clip=0.0)
     mults = lr_multiplier_tree(params, cfg) if use_lr_multipliers else None
     tx, schedule = make_optimizer(opt, steps, lr_multipliers=mults)
     step_fn = jax.jit(make_train_step(graphdef, tx, schedule))

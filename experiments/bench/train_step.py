@@ -26,7 +26,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from llmjax.config import load_config, validate  # noqa: E402
+from llmjax.config import load_config, parse_experiment  # noqa: E402
 from llmjax.model.flops import flops_per_token, param_counts  # noqa: E402
 from llmjax.train import mfu as mfu_lib  # noqa: E402
 from llmjax.train.info import _SizeOnlyTokenizer  # noqa: E402
@@ -47,7 +47,7 @@ def bench_one(name: str, steps: int, batch: int, seq: int, peak: mfu_lib.Peak,
                                              f"data.seq_len={seq}", f"model.max_seq_len={seq}",
                                              "optimizer.warmup_steps=1", "mesh.data=-1",
                                              f"model.compute_dtype={dtype}"])
-    validate(config, jax.device_count())
+    config = parse_experiment(config, jax.device_count())
     setup = build(config, _SizeOnlyTokenizer(259))
     t0 = time.perf_counter()
     compiled = compile_train_step(setup, config)

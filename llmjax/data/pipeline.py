@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from llmjax import fields
 from llmjax.data import builders
 from llmjax.data import synthetic as synthetic_lib
 from llmjax.data.tokenizer import read_texts
@@ -61,25 +62,29 @@ _INDEX_CHUNK = 4096  # documents tokenized per call while building a token index
 
 # ----------------------------------------------------------------------------- config
 
+field = fields.field
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """The ``config.data`` section. batch_size is GLOBAL (all processes together), in rows."""
 
-    dataset: str = "synthetic"
-    tokenizer: str = "byte"
-    seq_len: int = 256
-    batch_size: int = 32
-    seed: int = 0
-    data_dir: str | None = None
-    worker_count: int = 0
-    shuffle: bool = True
-    num_epochs: int | None = None  # None = repeat forever
-    source: str | None = None  # text_files corpus
+    dataset: str = field("synthetic", "synthetic, pystdlib, text_files[:PATH] or tfds:NAME")
+    tokenizer: str = field("byte", "byte or bpe:<vocab_size>")
+    seq_len: int = field(256, "tokens per training row", ge=2)
+    batch_size: int = field(32, "rows per optimizer step, over all processes", ge=1)
+    seed: int = field(0, "seed of the document order", ge=0)
+    data_dir: str | None = field(None, "where datasets are built ($TFDS_DATA_DIR, else "
+                                 "~/tensorflow_datasets)")
+    worker_count: int = field(0, "grain worker processes (0 = in the training process)", ge=0)
+    shuffle: bool = field(True, "shuffle documents each epoch")
+    num_epochs: int | None = field(None, "passes over the data; None = repeat forever", ge=1)
+    source: str | None = field(None, "the text_files corpus: a file, directory or glob")
     # SyntheticConfig knobs (dataset "synthetic" only). The default holds every knob at its
     # default value, so `--config.data.synthetic.<knob>=v` can set any of them; knobs equal to
     # their defaults are no override (the dataset spec drops them), so a partial mapping works too.
-    synthetic: Mapping[str, Any] = dataclasses.field(default_factory=synthetic_lib.default_knobs)
+    synthetic: Mapping[str, Any] = field(None, "synthetic generator knobs",
+                                         factory=synthetic_lib.default_knobs)
 
     @property
     def dataset_spec(self) -> str:
@@ -91,6 +96,9 @@ class DataConfig:
                     prefix: str = "data.") -> DataConfig:
         """From a mapping / ConfigDict (``config.data``); UserError naming the first bad field
         as ``<prefix><field>`` (``data.`` for a config, ``--`` for command-line flags)."""
+        if isinstance(config, DataConfig) and getattr(config, "_checked", False):
+            config.check_split(process_count)  # checked when it was made: only the split is new
+            return config
         if isinstance(config, DataConfig):
             values = dataclasses.asdict(config)
         elif hasattr(config, "to_dict"):
@@ -107,43 +115,30 @@ class DataConfig:
                             f"{', '.join(sorted(fields))}")
         cfg = cls(**values)
         cfg.validate(process_count=process_count, prefix=prefix)
+        object.__setattr__(cfg, "_checked", True)  # not a field: no part of equality or asdict
         return cfg
+
+    def check_split(self, process_count: int, prefix: str = "data.") -> None:
+        """UserError unless the global batch splits over `process_count` processes."""
+        if (isinstance(process_count, bool) or not isinstance(process_count, int)
+                or process_count < 1):
+            raise UserError(f"process_count must be an integer >= 1, got {process_count!r}")
+        if self.batch_size % process_count:
+            raise UserError(f"{prefix}batch_size={self.batch_size} is not divisible by "
+                            f"process_count={process_count}")
 
     def validate(self, *, process_count: int = 1, prefix: str = "data.") -> None:
         """UserError naming the first bad field (``<prefix><field>``). Reads no data and writes
         nothing; it does look at the filesystem: a text_files source must exist, be readable and
         hold text files, and data_dir must be (or be creatable as) a writable directory."""
         p = prefix
-
-        def integer(name: str, lo: int, allow_none: bool = False) -> None:
-            v = getattr(self, name)
-            if v is None and allow_none:
-                return
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
-                raise UserError(f"{p}{name} must be an integer >= {lo}, got {v!r}")
-
-        for name in ("dataset", "tokenizer"):
-            if not isinstance(getattr(self, name), str):
-                raise UserError(f"{p}{name} must be a string, got {getattr(self, name)!r}")
-        integer("seq_len", 2)
-        integer("batch_size", 1)
-        integer("seed", 0)
-        integer("worker_count", 0)
-        integer("num_epochs", 1, allow_none=True)
-        if not isinstance(self.shuffle, bool):
-            raise UserError(f"{p}shuffle must be true or false, got {self.shuffle!r}")
-        for name in ("data_dir", "source"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
-                raise UserError(f"{p}{name} must be a path string, got {getattr(self, name)!r}")
-        if not isinstance(self.synthetic, Mapping):
-            raise UserError(f"{p}synthetic must be a mapping of synthetic knobs, "
-                            f"got {self.synthetic!r}")
-        if (isinstance(process_count, bool) or not isinstance(process_count, int)
-                or process_count < 1):
-            raise UserError(f"process_count must be an integer >= 1, got {process_count!r}")
-        if self.batch_size % process_count:
-            raise UserError(f"{p}batch_size={self.batch_size} is not divisible by "
-                            f"process_count={process_count}")
+        hints = fields.hints(DataConfig)
+        for f in dataclasses.fields(self):  # types and bounds: the one checker of every section
+            value = getattr(self, f.name)
+            if isinstance(value, np.integer):
+                value = int(value)
+            fields.check_value(f"{p}{f.name}", value, hints[f.name], f.metadata)
+        self.check_split(process_count, p)
         from llmjax.data.tokenizer import TOKENIZER_SPEC_HELP, parse_tokenizer_spec
 
         try:

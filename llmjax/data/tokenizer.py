@@ -47,7 +47,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -57,6 +56,7 @@ from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from llmjax.errors import UserError
+from llmjax.rundir import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -193,10 +193,10 @@ class Tokenizer:
             "clean_up_tokenization_spaces": False,  # keep HF decode exact
             "llmjax_spec": self.name,
         }
-        _atomic_write(os.path.join(directory, "tokenizer_config.json"),
+        atomic_write(os.path.join(directory, "tokenizer_config.json"),
                       json.dumps(config, indent=1))
         path = os.path.join(directory, "tokenizer.json")
-        _atomic_write(path, self._hf_tokenizer().to_str())
+        atomic_write(path, self._hf_tokenizer().to_str())
         return path
 
     def _hf_tokenizer(self) -> HFTokenizer:
@@ -463,19 +463,3 @@ def get_tokenizer(spec: str, dataset: str, data_dir: str | None = None, *,
     version = builders.dataset_version(dataset, data_dir)
     return load_or_train_bpe(vocab_size, source, data_dir=data_dir, dataset=dataset,
                              version=version, sample_bytes=sample_bytes, sample_seed=sample_seed)
-
-
-def _atomic_write(path: str, text: str) -> None:
-    """Write a temp file in the same directory, then os.replace: readers never see half a file."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -29,7 +29,7 @@ Probe documents: episodes use held-out rules and `probe_rng` seeds (never traini
 perplexity read the first n documents of the run's validation split; facts read the world of the
 run's synthetic corpus (skipped for other datasets, whose world the model never saw).
 
-During training: after a checkpoint is saved, `probe_params(workdir, config, tokenizer, params,
+During training: after a checkpoint is saved, `probe_params(workdir, exp, tokenizer, params,
 step, tokens)` runs the same suite on the in-memory parameters and merges into probes.jsonl
 (`config.probe_checkpoints`, `config.probe_tasks`).
 """
@@ -43,84 +43,25 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+from flax import nnx
 
+from llmjax import rundir
+from llmjax.config import Experiment, parse_experiment
+from llmjax.data import builders
+from llmjax.data.synthetic import build_world, generate_documents
+from llmjax.data.tokenizer import load_tokenizer_file
 from llmjax.errors import UserError
-from llmjax.eval.tasks import KS, TASK_TYPES, build_task, check_options, evaluate
-from llmjax.jsonl import read_jsonl
+from llmjax.eval import icl, metrics
+from llmjax.eval.harness import LM
+from llmjax.eval.suite import default_evals, resolve_evals
+from llmjax.eval.tasks import build_task, evaluate
+from llmjax.model import Transformer
+from llmjax.rundir import RunDir, read_jsonl
+from llmjax.train import checkpoint
 
-PROBES_FILE = "probes.jsonl"
 RECORD_KEY = ("task", "k", "metric", "step")
-
-
-def default_evals() -> dict[str, dict[str, Any]]:
-    """The default suite: every episode kind at k in KS, the sentence and facts tasks, the ICL
-    score, induction heads and validation perplexity: ~700 records per checkpoint. On 2 CPU cores,
-    for experiments/configs/tiny.py: ~7 s for the first checkpoint (compilation included), ~3.5 s
-    for each further one of the same run (the compiled programs are reused)."""
-    from llmjax.data.synthetic import EPISODE_KINDS
-
-    out: dict[str, dict[str, Any]] = {
-        kind: {"type": "episode", "kind": kind, "ks": list(KS), "n": 32}
-        for kind in EPISODE_KINDS}
-    out["sentence"] = {"type": "sentence", "ks": list(KS), "n": 16}
-    out["facts"] = {"type": "facts", "n": 64}
-    # The 16 most popular entities' facts: seen most often in training (Zipfian popularity).
-    out["facts_popular"] = {"type": "facts", "n": 64, "top_entities": 16}
-    out["icl"] = {"type": "icl", "n": 64}
-    out["induction"] = {"type": "induction", "n_seqs": 16}
-    out["perplexity"] = {"type": "perplexity", "n": 32}
-    return out
-
-
-def _as_dict(x: Any) -> Any:
-    return x.to_dict() if hasattr(x, "to_dict") else x
-
-
-def resolve_evals(evals: Mapping[str, Any] | None, tasks: Sequence[str] | None = None, *,
-                  tasks_field: str = "--tasks") -> dict[str, dict[str, Any]]:
-    """The suite to run: `evals` (or the defaults when empty), restricted to `tasks`; an unknown
-    task is a UserError naming `tasks_field`, where the names came from."""
-    evals = _as_dict(evals) or {}
-    if not isinstance(evals, Mapping):
-        raise UserError(f"config.evals must map probe names to settings, got "
-                        f"{type(evals).__name__}")
-    suite = {str(k): dict(_as_dict(v)) for k, v in evals.items()} if evals else default_evals()
-    check_evals(suite)
-    if tasks:
-        unknown = [t for t in tasks if t not in suite]
-        if unknown:
-            raise UserError(f"{tasks_field}: unknown probe(s) {', '.join(unknown)}; this run's "
-                            f"suite: {', '.join(suite)}")
-        suite = {t: suite[t] for t in tasks}
-    return suite
-
-
-# Options of the probe types that are not tasks (the tasks' own: tasks.TASK_OPTIONS).
-OPTIONS = {"icl": {"n", "early", "late"}, "induction": {"n_seqs", "seq_len", "seed"},
-           "perplexity": {"n"}}
-PROBE_TYPES = (*TASK_TYPES, *OPTIONS)
-
-
-def check_evals(suite: Mapping[str, Mapping[str, Any]]) -> None:
-    """UserError naming the first bad entry of a suite (type, option names, option values), so
-    a typo fails before training or probing starts, not at the first checkpoint."""
-    from llmjax.data.synthetic import SyntheticConfig, build_world
-
-    world = None
-    for name, spec in suite.items():
-        if spec.get("type") not in PROBE_TYPES:
-            raise UserError(f"evals.{name}.type={spec.get('type')!r}: choose from "
-                            f"{', '.join(PROBE_TYPES)}")
-        if spec["type"] in OPTIONS:
-            check_options(name, spec["type"], spec, OPTIONS[spec["type"]])
-            for key, value in spec.items():
-                if key != "type" and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 0):
-                    raise UserError(f"evals.{name}.{key}={value!r}: need an integer >= 0")
-        else:
-            world = world or build_world(SyntheticConfig())
-            build_task(name, spec, world)
 
 
 # ----------------------------------------------------------------------------- run directories
@@ -131,64 +72,41 @@ class Run:
     """What a probe needs from a run directory (config.json, tokenizer/, checkpoints/)."""
 
     workdir: str
-    config: Any  # ml_collections.ConfigDict
+    exp: Experiment  # the run's parsed config
     tokenizer: Any
     model_cfg: Any  # llmjax.model.ModelConfig
 
     @property
     def max_len(self) -> int:
         """The window the model was trained on (data.seq_len), in tokens."""
-        return int(min(self.config.data.seq_len, self.model_cfg.max_seq_len))
-
-
-def model_config(config: Any, tokenizer: Any) -> Any:
-    """ModelConfig of a training config (model.vocab_size 0 = the tokenizer's)."""
-    from llmjax.model import ModelConfig
-
-    d = _as_dict(config.model)
-    d = dict(d)
-    if not d.get("vocab_size"):
-        d["vocab_size"] = tokenizer.vocab_size
-    return ModelConfig.from_dict(d)
+        return int(min(self.exp.data.seq_len, self.model_cfg.max_seq_len))
 
 
 def load_run(workdir: str) -> Run:
-    """Reads config.json and tokenizer/ of a run; UserError naming what is missing."""
-    from ml_collections import ConfigDict
-
-    from llmjax.data.tokenizer import load_tokenizer_file
-
-    if not os.path.isdir(workdir):
+    """Reads config.json and tokenizer/ of a run; UserError naming what is missing or bad."""
+    run = RunDir(workdir)
+    if not run.exists():
         raise UserError(f"--workdir={workdir}: no such directory")
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise UserError(f"--workdir={workdir}: no config.json (not a training run directory)")
+    saved = run.saved_config()
+    if saved is None:
+        raise UserError(f"--workdir={workdir}: no {rundir.CONFIG} (not a training run directory)")
     try:
-        with open(path) as f:
-            config = ConfigDict(json.load(f))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot read ({' '.join(str(e).split())[:200]})") from None
-    tok_dir = os.path.join(workdir, "tokenizer")
-    if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
-        raise UserError(f"--workdir={workdir}: no tokenizer/tokenizer.json")
-    tokenizer = load_tokenizer_file(tok_dir)
-    return Run(os.path.abspath(workdir), config, tokenizer, model_config(config, tokenizer))
+        exp = parse_experiment(saved)
+    except UserError as e:
+        raise UserError(f"{run.config_path}: {e}") from None
+    if not os.path.isfile(os.path.join(run.tokenizer_dir, "tokenizer.json")):
+        raise UserError(f"--workdir={workdir}: no {rundir.TOKENIZER}/tokenizer.json")
+    tokenizer = load_tokenizer_file(run.tokenizer_dir)
+    return Run(run.path, exp, tokenizer, exp.model_config(tokenizer.vocab_size))
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
     """Steps with a complete checkpoint, ascending."""
-    from llmjax.train.checkpoint import CHECKPOINT_DIR, complete_steps
-
-    return complete_steps(os.path.join(workdir, CHECKPOINT_DIR))
+    return checkpoint.saved_steps(workdir)
 
 
 def _abstract_params(model_cfg: Any, device: Any = None) -> tuple[Any, Any]:
     """(graphdef, pure-dict tree of ShapeDtypeStructs on `device`) of the model's parameters."""
-    import jax
-    from flax import nnx
-
-    from llmjax.model import Transformer
-
     graphdef, abstract, _ = nnx.split(
         nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))), nnx.Param, ...)
     sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
@@ -199,19 +117,12 @@ def _abstract_params(model_cfg: Any, device: Any = None) -> tuple[Any, Any]:
 
 def load_params(workdir: str, step: int | None = None, model_cfg: Any = None
                 ) -> tuple[Any, Any, int]:
-    """(graphdef, params as a pure dict on one device, step) from a run's checkpoint.
-
-    Reads only the `params` subtree of the saved TrainState (orbax partial restore), with a bare
-    orbax checkpointer: no CheckpointManager, so probing a run that is still training cannot
-    disturb its in-flight saves. step=None: the latest complete checkpoint.
-    """
-    import orbax.checkpoint as ocp
-
-    from llmjax.train.checkpoint import CHECKPOINT_DIR
-
+    """(graphdef, params as a pure dict on one device, step) from a run's checkpoint (only the
+    params subtree is read; see `llmjax.train.checkpoint.restore_params`). step=None: the
+    latest complete checkpoint."""
     steps = checkpoint_steps(workdir)
     if not steps:
-        raise UserError(f"--workdir={workdir}: no complete checkpoint in {CHECKPOINT_DIR}/")
+        raise UserError(f"--workdir={workdir}: no complete checkpoint in {rundir.CHECKPOINTS}/")
     if step is None:
         step = steps[-1]
     if step not in steps:
@@ -220,56 +131,37 @@ def load_params(workdir: str, step: int | None = None, model_cfg: Any = None
     if model_cfg is None:
         model_cfg = load_run(workdir).model_cfg
     graphdef, abstract = _abstract_params(model_cfg)
-    target = {"params": abstract}
-    path = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR, str(step), "state")
-    restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True))
-    return graphdef, restored["params"], step
+    return graphdef, checkpoint.restore_params(workdir, step, abstract), step
 
 
-def training_tokens(workdir: str, step: int, config: Any) -> int:
+def training_tokens(workdir: str, step: int, exp: Experiment) -> int:
     """Training tokens seen at `step`: the checkpoint's meta, else step * batch * seq_len."""
-    from llmjax.train.checkpoint import CHECKPOINT_DIR
-
     try:
-        with open(os.path.join(workdir, CHECKPOINT_DIR, str(step), "meta", "metadata")) as f:
-            return int(json.load(f)["tokens"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return int(step) * int(config.data.batch_size) * int(config.data.seq_len)
+        return int(checkpoint.read_meta(workdir, step)["tokens"])
+    except (UserError, KeyError, TypeError, ValueError):
+        return int(step) * exp.tokens_per_step
 
 
 # ----------------------------------------------------------------------------- probe data
 
 
-def _synthetic_overrides(config: Any) -> dict[str, Any] | None:
+def _synthetic_overrides(exp: Experiment) -> dict[str, Any] | None:
     """SyntheticConfig overrides of the run's dataset, None when it is not synthetic."""
-    from llmjax.data import builders
-
-    data = config.data
-    spec = builders.resolve_dataset(data.dataset, source=data.get("source"),
-                                    synthetic=_as_dict(data.get("synthetic")) or None)
-    kind, _, arg = spec.partition(":")
+    kind, _, arg = exp.data.dataset_spec.partition(":")
     if kind != "synthetic":
         return None
     return builders.parse_overrides(arg)
 
 
-def world_of(config: Any) -> tuple[Any, bool]:
+def world_of(exp: Experiment) -> tuple[Any, bool]:
     """(World of the run's synthetic corpus or the default world, is_the_runs_own_world)."""
-    from llmjax.data import builders
-    from llmjax.data.synthetic import build_world
-
-    overrides = _synthetic_overrides(config)
+    overrides = _synthetic_overrides(exp)
     return build_world(builders.synthetic_config(overrides or {})), overrides is not None
 
 
-def validation_texts(config: Any, n: int) -> list[str]:
+def validation_texts(exp: Experiment, n: int) -> list[str]:
     """The first n documents of the run's validation split."""
-    from llmjax.data import builders
-    from llmjax.data.synthetic import generate_documents
-
-    overrides = _synthetic_overrides(config)
+    overrides = _synthetic_overrides(exp)
     if overrides is not None:  # generated on the fly: needs no prepared dataset
         out = []
         for doc in generate_documents(builders.synthetic_config(overrides), "validation"):
@@ -277,9 +169,7 @@ def validation_texts(config: Any, n: int) -> list[str]:
                 break
             out.append(doc)
         return out
-    data = config.data
-    spec = builders.resolve_dataset(data.dataset, source=data.get("source"))
-    source = builders.load_split(spec, "validation", data.get("data_dir"))
+    source = builders.load_split(exp.data.dataset_spec, "validation", exp.data.data_dir)
     return [bytes(r["text"]).decode("utf-8", errors="replace")
             for r in (source[i] for i in range(min(n, len(source))))]
 
@@ -296,23 +186,18 @@ def induction_pool(tokenizer: Any) -> np.ndarray:
 # ----------------------------------------------------------------------------- probing
 
 
-def probe_model(model: Any, tokenizer: Any, max_len: int, config: Any,
+def probe_model(model: Any, tokenizer: Any, max_len: int, exp: Experiment,
                 evals: Mapping[str, Mapping[str, Any]], *, batch_size: int = 16,
                 log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Runs the suite `evals` on an nnx Transformer; records without step/tokens."""
-    from flax import nnx
-
-    from llmjax.eval import icl, metrics
-    from llmjax.eval.harness import LM
-
     graphdef, params = nnx.split(model)
     lm = LM.from_model(graphdef, params, tokenizer, max_len, batch_size=batch_size)
-    world, own_world = world_of(config)
+    world, own_world = world_of(exp)
     texts_cache: dict[int, list[str]] = {}
 
     def texts(n: int) -> list[str]:
         if n not in texts_cache:
-            texts_cache[n] = validation_texts(config, n)
+            texts_cache[n] = validation_texts(exp, n)
         return texts_cache[n]
 
     records: list[dict[str, Any]] = []
@@ -390,29 +275,26 @@ def _probe_step(run: Run, model: Any, step: int, tokens: int,
                 log: Callable[[str], None] | None) -> list[dict[str, Any]]:
     """Probes `model` of `run` at `step`, stamps step and training tokens on every record and
     merges them into the run's probes.jsonl."""
-    records = probe_model(model, run.tokenizer, run.max_len, run.config, evals, log=log)
+    records = probe_model(model, run.tokenizer, run.max_len, run.exp, evals, log=log)
     for r in records:
         r["step"], r["tokens"] = int(step), int(tokens)
     write_records(run.workdir, records)
     return records
 
 
-def probe_params(workdir: str, config: Any, tokenizer: Any, params: Any, step: int,
+def probe_params(workdir: str, exp: Experiment, tokenizer: Any, params: Any, step: int,
                  tokens: int | None = None, *, tasks: Sequence[str] | None = None,
                  log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """The training hook: probes in-memory parameters (pure dict, as TrainState.params) of
-    `config` at `step` and merges the records into `<workdir>/probes.jsonl`.
+    `exp` at `step` and merges the records into `<workdir>/probes.jsonl`.
     tokens: training tokens seen at `step` (default step x batch_size x seq_len)."""
-    import jax
-    from flax import nnx
-
-    run = Run(workdir, config, tokenizer, model_config(config, tokenizer))
+    run = Run(os.path.abspath(workdir), exp, tokenizer, exp.model_config(tokenizer.vocab_size))
     graphdef, _ = _abstract_params(run.model_cfg)
     params = jax.device_put(params, jax.devices()[0])  # eval on one device, whatever the mesh
     if tokens is None:
-        tokens = int(step) * int(config.data.batch_size) * int(config.data.seq_len)
+        tokens = int(step) * exp.tokens_per_step
     return _probe_step(run, nnx.merge(graphdef, params), step, tokens,
-                       resolve_evals(config.get("evals"), tasks), log)
+                       resolve_evals(exp.evals, tasks), log)
 
 
 def run_probes(workdir: str, steps: None | str | int | Sequence[int] = None,
@@ -425,9 +307,15 @@ def run_probes(workdir: str, steps: None | str | int | Sequence[int] = None,
     evals_config: the suite (default: the run's `config.evals`, or `default_evals()`).
     Returns the new records (fields: task, k, metric, value, step, n, tokens).
     """
-    from flax import nnx
-
     run = load_run(workdir)
+    with RunDir(workdir).lock(say=log):  # one process at a time writes the run's files
+        return _run_probes(run, steps, evals_config, tasks, log)
+
+
+def _run_probes(run: Run, steps: None | str | int | Sequence[int],
+                evals_config: Mapping[str, Any] | None, tasks: Sequence[str] | None,
+                log: Callable[[str], None] | None) -> list[dict[str, Any]]:
+    workdir = run.workdir
     available = checkpoint_steps(workdir)
     if not available:
         raise UserError(f"--workdir={workdir}: no complete checkpoint to probe")
@@ -446,13 +334,13 @@ def run_probes(workdir: str, steps: None | str | int | Sequence[int] = None,
         raise UserError(f"--step={missing[0]}: no complete checkpoint at that step; available: "
                         f"{', '.join(map(str, available))}")
     evals = resolve_evals(evals_config if evals_config is not None
-                          else run.config.get("evals"), tasks)
+                          else run.exp.evals, tasks)
     out: list[dict[str, Any]] = []
     for step in chosen:
         graphdef, params, _ = load_params(workdir, step, run.model_cfg)
         model = nnx.merge(graphdef, params)
         t0 = time.perf_counter()
-        records = _probe_step(run, model, step, training_tokens(workdir, step, run.config),
+        records = _probe_step(run, model, step, training_tokens(workdir, step, run.exp),
                               evals, log)
         if log:
             log(f"step {step}: {len(records)} records in {time.perf_counter() - t0:.1f}s")
@@ -465,7 +353,7 @@ def run_probes(workdir: str, steps: None | str | int | Sequence[int] = None,
 
 def read_probes(workdir: str) -> list[dict[str, Any]]:
     """Records of `<workdir>/probes.jsonl` (a torn last line is skipped)."""
-    return read_jsonl(os.path.join(workdir, PROBES_FILE))
+    return read_jsonl(RunDir(workdir).probes_path)
 
 
 def _key(r: Mapping[str, Any]) -> tuple:
@@ -481,15 +369,16 @@ def _clean(value: Any) -> Any:
 def write_records(workdir: str, records: Sequence[Mapping[str, Any]]) -> str:
     """Merges records into probes.jsonl: same (task, k, metric, step) replaced, others kept,
     order by (step, task, k, metric); written to a temp file and renamed."""
-    path = os.path.join(workdir, PROBES_FILE)
+    path = RunDir(workdir).probes_path
     new = {_key(r): {k: _clean(v) for k, v in r.items()} for r in records}
     merged = {_key(r): r for r in read_probes(workdir) if _key(r) not in new}
     merged.update(new)
     rows = sorted(merged.values(), key=lambda r: (r["step"], str(r["task"]), r["k"],
                                                   str(r["metric"])))
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    rundir.atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     return path
+
+
+__all__ = ["Run", "checkpoint_steps", "default_evals", "load_params", "load_run", "probe_model",
+           "probe_params", "read_probes", "resolve_evals", "run_probes", "training_tokens",
+           "write_records"]

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from llmjax import fields
 from llmjax.errors import UserError
 
 POSITIONS = ("rope", "learned")
@@ -114,15 +115,15 @@ class ModelConfig:
             d = d.to_dict()
         if not isinstance(d, Mapping):
             raise UserError(f"{prefix}: expected a mapping of model fields, got {type(d).__name__}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)}
         for key in d:
-            if key not in fields:
+            if key not in known:
                 raise UserError(
-                    f"{prefix}.{key}: unknown model field (allowed: {', '.join(sorted(fields))})"
+                    f"{prefix}.{key}: unknown model field (allowed: {', '.join(sorted(known))})"
                 )
-        kwargs = {}
-        for key, value in d.items():
-            kwargs[key] = _check_type(f"{prefix}.{key}", value, fields[key].type)
+        hints = fields.hints(cls)
+        kwargs = {key: fields.check_value(f"{prefix}.{key}", value, hints[key])
+                  for key, value in d.items()}
         try:
             return cls(**kwargs)
         except UserError as e:
@@ -132,32 +133,6 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _check_type(name: str, value: Any, annotation: str) -> Any:
-    """Check a raw value against a field annotation string ('int', 'int | None', ...)."""
-    allowed = [t.strip() for t in str(annotation).split("|")]
-    if value is None:
-        if "None" in allowed:
-            return None
-        raise UserError(f"{name}: must not be None (expected {allowed[0]})")
-    if "bool" in allowed:
-        if isinstance(value, bool):
-            return value
-        raise UserError(f"{name}: expected true/false, got {value!r}")
-    if "int" in allowed:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise UserError(f"{name}: expected an integer, got {value!r}")
-    if "float" in allowed:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise UserError(f"{name}: expected a number, got {value!r}")
-    if "str" in allowed:
-        if isinstance(value, str):
-            return value
-        raise UserError(f"{name}: expected a string, got {value!r}")
-    return value
 
 
 def _validate(c: ModelConfig) -> None:
@@ -189,12 +164,14 @@ def _validate(c: ModelConfig) -> None:
         if not isinstance(getattr(c, name), bool):
             raise UserError(f"model.{name}: expected true/false, got {getattr(c, name)!r}")
     if c.d_model % c.n_heads:
-        raise UserError(f"model.d_model: {c.d_model} is not divisible by model.n_heads={c.n_heads}")
+        divisors = [h for h in range(1, c.d_model + 1) if c.d_model % h == 0]
+        shown = str(divisors) if len(divisors) <= 12 else str(divisors[:12])[:-1] + ", ...]"
+        raise UserError(f"model.d_model={c.d_model} is not divisible by model.n_heads="
+                        f"{c.n_heads}; allowed n_heads: divisors of {c.d_model} ({shown})")
     if c.n_heads % c.kv_heads:
-        raise UserError(
-            f"model.n_kv_heads: model.n_heads={c.n_heads} is not divisible by "
-            f"n_kv_heads={c.kv_heads}"
-        )
+        divisors = [h for h in range(1, c.n_heads + 1) if c.n_heads % h == 0]
+        raise UserError(f"model.n_kv_heads={c.kv_heads}: model.n_heads={c.n_heads} must be "
+                        f"divisible by it; allowed n_kv_heads: {divisors} (or None = n_heads)")
     if c.positions == "rope" and c.head_dim % 2:
         raise UserError(
             f"model.positions: rope needs an even head_dim, got d_model/n_heads={c.head_dim}"
@@ -213,8 +190,9 @@ def _validate(c: ModelConfig) -> None:
         )
     for name in ("init_std", "rope_theta", "norm_eps"):
         value = getattr(c, name)
-        if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-            raise UserError(f"model.{name}: must be a positive number, got {value!r}")
+        if (not isinstance(value, int | float) or isinstance(value, bool) or not value > 0
+                or not math.isfinite(value)):
+            raise UserError(f"model.{name}: must be a positive finite number, got {value!r}")
 
 
 # ---- parametrization: the ONE place for init scales, logit multipliers and lr multipliers -------

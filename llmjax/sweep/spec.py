@@ -101,15 +101,21 @@ def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
     return out
 
 
-def model_config(config: Any) -> Any:
-    """The `llmjax.model.ModelConfig` of a ConfigDict; vocab_size 0 -> the tokenizer spec's."""
-    from llmjax.data.tokenizer import spec_vocab_size
-    from llmjax.model import ModelConfig
+def _experiment(config: Any) -> Any:
+    """An Experiment (llmjax.config), parsed from a ConfigDict when given one. (Imported here:
+    `llmjax.sweep` helpers are imported by config files and by `llmjax results`, which should not
+    pay for jax.)"""
+    from llmjax.config import Experiment, parse_experiment
 
-    d = config.model.to_dict()
-    if not d.get("vocab_size"):
-        d["vocab_size"] = int(spec_vocab_size(config.data.tokenizer))
-    return ModelConfig.from_dict(d)
+    return config if isinstance(config, Experiment) else parse_experiment(config)
+
+
+def model_config(config: Any) -> Any:
+    """The ModelConfig of an Experiment (or ConfigDict) with the tokenizer spec's vocabulary."""
+    from llmjax.data.tokenizer import spec_vocab_size
+
+    exp = _experiment(config)
+    return exp.model_config(int(spec_vocab_size(exp.data.tokenizer)))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -121,7 +127,7 @@ def _counts(mcfg: Any, seq_len: int) -> tuple[Any, int]:
 
 def count_params(config: Any) -> Any:
     """`llmjax.model.flops.ParamCounts` of a ConfigDict's model (cached: sweeps ask repeatedly)."""
-    return _counts(model_config(config), int(config.data.seq_len))[0]
+    return _counts(model_config(config), _experiment(config).data.seq_len)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,12 +145,12 @@ class Cost:
 
 
 def cost(config: Any) -> Cost:
-    """Parameter counts (no allocation) and training tokens/FLOPs of a ConfigDict."""
-    from llmjax import config as config_lib
-
-    counts, fpt = _counts(model_config(config), int(config.data.seq_len))
-    steps = config_lib.total_steps(config)
-    tokens = steps * config.data.batch_size * config.data.seq_len
+    """Parameter counts (no allocation) and training tokens/FLOPs of an Experiment (or
+    ConfigDict)."""
+    exp = _experiment(config)
+    counts, fpt = _counts(model_config(exp), exp.data.seq_len)
+    steps = exp.steps
+    tokens = steps * exp.tokens_per_step
     return Cost(n_params=counts.total, n_non_embedding=counts.non_embedding,
                 n_embedding=counts.embedding, flops_per_token=fpt, steps=steps, tokens=tokens,
                 flops=float(fpt) * tokens, flops_6nd=6.0 * counts.non_embedding * tokens)
@@ -318,8 +324,7 @@ def load_sweep(spec: str, extra_overrides: Sequence[str] = (), num_devices: int 
                  if is_config_key(k)]
         try:
             config = config_lib.load_config(full_spec, [*flags, *extra])
-            config_lib.validate(config, num_devices)
-            point_cost = cost(config)
+            point_cost = cost(config_lib.parse_experiment(config, num_devices))
         except UserError as e:
             raise UserError(f"sweep point {name!r}: {e}") from None
         points.append(Point(name=name, overrides=dict(overrides), config=config, cost=point_cost))

@@ -3,7 +3,7 @@ per-parameter learning-rate multipliers (muP: hidden matrices get eta * base_wid
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -17,17 +17,17 @@ from llmjax.sharding import variable_logical_axes
 EMBEDDING_NAMES = ("embed", "wte", "wpe", "lm_head", "unembed", "embedding")
 
 
-def learning_rate_schedule(opt: Mapping[str, Any], total_steps: int) -> optax.Schedule:
+def learning_rate_schedule(opt: Any, total_steps: int) -> optax.Schedule:
     """lr(step) for optimizer step `step` (0-based count of updates already applied).
 
     Linear warmup to `lr` over `warmup_steps` (first update uses lr/warmup_steps, never 0), then
     `schedule` decays from `lr` to `lr*min_lr_ratio` at `total_steps`: 'cosine' (half cosine),
     'linear', or 'constant' (stays at `lr`).
     """
-    peak = float(opt["lr"])
-    warmup = int(opt["warmup_steps"])
-    final = peak * float(opt["min_lr_ratio"])
-    kind = opt["schedule"]
+    peak = float(opt.lr)
+    warmup = int(opt.warmup_steps)
+    final = peak * float(opt.min_lr_ratio)
+    kind = opt.schedule
     decay_len = max(total_steps - warmup, 1)
 
     def schedule(step: jax.Array) -> jax.Array:
@@ -118,7 +118,7 @@ def scale_by_lr_multipliers(multipliers: Any) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
-def make_optimizer(opt: Mapping[str, Any], total_steps: int, decay_mask: Any = None,
+def make_optimizer(opt: Any, total_steps: int, decay_mask: Any = None,
                    lr_multipliers: Any = None
                    ) -> tuple[optax.GradientTransformation, Callable[[jax.Array], jax.Array]]:
     """(optax AdamW chain, lr schedule) from the `optimizer` config section.
@@ -136,16 +136,16 @@ def make_optimizer(opt: Mapping[str, Any], total_steps: int, decay_mask: Any = N
     """
     schedule = learning_rate_schedule(opt, total_steps)
     parts = []
-    if float(opt["grad_clip"]) > 0:
-        parts.append(optax.clip_by_global_norm(float(opt["grad_clip"])))
-    parts.append(optax.scale_by_adam(b1=float(opt["b1"]), b2=float(opt["b2"]),
-                                     eps=float(opt["eps"])))
+    if float(opt.grad_clip) > 0:
+        parts.append(optax.clip_by_global_norm(float(opt.grad_clip)))
+    parts.append(optax.scale_by_adam(b1=float(opt.b1), b2=float(opt.b2),
+                                     eps=float(opt.eps)))
     if lr_multipliers is not None and any(m != 1.0 for m in jax.tree.leaves(lr_multipliers)):
         parts.append(scale_by_lr_multipliers(lr_multipliers))
-    if float(opt["weight_decay"]) > 0:
+    if float(opt.weight_decay) > 0:
         if decay_mask is None:
-            decay_embeddings = bool(opt["decay_embeddings"])
+            decay_embeddings = bool(opt.decay_embeddings)
             decay_mask = lambda p: weight_decay_mask(p, decay_embeddings)  # noqa: E731
-        parts.append(optax.add_decayed_weights(float(opt["weight_decay"]), mask=decay_mask))
+        parts.append(optax.add_decayed_weights(float(opt.weight_decay), mask=decay_mask))
     parts.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*parts), schedule
