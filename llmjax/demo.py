@@ -12,8 +12,9 @@
    headline numbers.
 
 Each step is the same command a researcher would type, run as a subprocess, so the demo is also
-a worked example of the CLI. The data directory is $TFDS_DATA_DIR when set, else WORKDIR/data, so
-the demo never writes outside its workdir.
+a worked example of the CLI. The data directory is $TFDS_DATA_DIR when set, else WORKDIR/data,
+and the measured CPU peak is cached in $LLMJAX_CACHE_DIR, else WORKDIR/cache, so the demo never
+writes outside its workdir.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import os
 import subprocess
 import sys
 import time
+
+from llmjax.rundir import RunDir
+from llmjax.sweep.runner import RUNS_DIR
 
 DEFAULT_CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -43,13 +47,11 @@ def _step(title: str, argv: list[str], env: dict[str, str]) -> float:
 
 
 def _finished_runs(workdir: str) -> list[str]:
-    """Run directories under WORKDIR/runs whose status.json says complete, by name."""
-    from llmjax.sweep.runner import read_status
-
-    runs_dir = os.path.join(workdir, "runs")
+    """Run directories under WORKDIR/runs that are complete, by name."""
+    runs_dir = os.path.join(workdir, RUNS_DIR)
     names = sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []
     return [os.path.join(runs_dir, n) for n in names
-            if read_status(os.path.join(runs_dir, n)).get("status") == "complete"]
+            if RunDir(os.path.join(runs_dir, n)).is_complete()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(workdir, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("TFDS_DATA_DIR", os.path.join(workdir, "data"))
+    env.setdefault("LLMJAX_CACHE_DIR", os.path.join(workdir, "cache"))  # the CPU peak probe
     start = time.time()
     timings = {}
 

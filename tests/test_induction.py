@@ -111,7 +111,7 @@ def _train_and_probe(sweep, layers: int) -> dict[str, float]:
     checkpoint during training; returns the last step's records."""
     from llmjax.config import load_config
     from llmjax.eval.probe import read_probes
-    from llmjax.train import train
+    from llmjax.run import train
 
     config = load_config(os.path.join(REPO, "experiments", "configs", "induction.py")
                          + f":layers={layers},steps={STEPS}",

@@ -210,6 +210,24 @@ def test_rerun_of_finished_sweep_does_nothing(finished_sweep):
     assert [r["name"] for r in read_csv(workdir / "results.csv")] == ["w32", "w48", "w64"]
 
 
+def test_rerun_with_a_changed_config_is_refused_or_reruns_when_allowed(finished_sweep):
+    """A point whose run was trained with another config: exit 2 naming the point and the field,
+    before anything runs; named in --allow_changes, the point is planned again (to resume)."""
+    root, cfg, workdir, data_dir, _ = finished_sweep
+    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
+    proc = _sweep(cfg, workdir, data_dir, "--config.eval_batches=2", check=2)
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and "sweep point 'w32'" in err[0] and "eval_batches: 1 -> 2" in err[0]
+    assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()} == before
+    proc = _sweep(cfg, workdir, data_dir, "--config.eval_batches=2", "--allow_changes=eval_batches",
+                  "--dry_run", check=0)
+    assert "3 points, 3 to run" in proc.stdout, proc.stdout
+    sweep_json = json.loads((workdir / "sweep.json").read_text())
+    import hashlib
+
+    assert sweep_json["config_sha256"] == hashlib.sha256(open(cfg, "rb").read()).hexdigest()
+
+
 def test_failed_point_is_recorded_and_others_complete(finished_sweep):
     """Adds a diverging point (lr 1e9 -> NaN at step 2) to the finished sweep: only it runs."""
     root, _, workdir, data_dir, _ = finished_sweep

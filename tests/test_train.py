@@ -13,8 +13,9 @@ import numpy as np
 import optax
 import pytest
 
-from llmjax.config import load_config
-from llmjax.train.loop import TrainingDiverged, build, compile_train_step, get_tokenizer_for, train
+from llmjax.config import OptimizerConfig, load_config, parse_experiment
+from llmjax.data.pipeline import get_data_tokenizer
+from llmjax.train.loop import TrainingDiverged, build, compile_train_step, train
 from llmjax.train.metrics import read_metrics
 from llmjax.train.optimizer import learning_rate_schedule
 from llmjax.train.step import token_losses
@@ -28,6 +29,10 @@ def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("data"))
 
 
+def _tok(config):
+    return get_data_tokenizer(parse_experiment(config).data)
+
+
 def tiny(data_dir: str, *overrides: str):
     return load_config(TINY, [f"data.data_dir={data_dir}", *overrides])
 
@@ -36,7 +41,7 @@ def tiny(data_dir: str, *overrides: str):
 
 
 def test_schedule_warmup_then_cosine_to_min_ratio():
-    opt = {"lr": 1.0, "warmup_steps": 10, "schedule": "cosine", "min_lr_ratio": 0.1}
+    opt = OptimizerConfig(lr=1.0, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
     lr = learning_rate_schedule(opt, total_steps=110)
     assert float(lr(0)) == pytest.approx(0.1)  # first update: lr/warmup, never 0
     assert float(lr(9)) == pytest.approx(1.0)
@@ -48,9 +53,10 @@ def test_schedule_warmup_then_cosine_to_min_ratio():
 
 def test_schedule_linear_and_constant():
     base = {"lr": 2.0, "warmup_steps": 0, "min_lr_ratio": 0.0}
-    linear = learning_rate_schedule({**base, "schedule": "linear"}, total_steps=100)
+    linear = learning_rate_schedule(OptimizerConfig(**base, schedule="linear"), total_steps=100)
     assert [float(linear(s)) for s in (0, 50, 100)] == pytest.approx([2.0, 1.0, 0.0])
-    const = learning_rate_schedule({**base, "schedule": "constant"}, total_steps=100)
+    const = learning_rate_schedule(OptimizerConfig(**base, schedule="constant"),
+                                   total_steps=100)
     assert float(const(99)) == pytest.approx(2.0)
 
 
@@ -76,7 +82,7 @@ def _flat(tree) -> dict[str, object]:
 def test_weight_decay_mask_on_the_real_model(data_dir, scan_layers):
     config = tiny(data_dir, "model.norm=layernorm", "model.tie_embeddings=False",
                   f"model.scan_layers={scan_layers}")
-    setup = build(config, get_tokenizer_for(config), jax.devices()[:1])
+    setup = build(parse_experiment(config), _tok(config), jax.devices()[:1])
     mask = _flat(setup.decay_mask)
     assert set(mask) == set(_flat(setup.abstract_state.params))
     assert mask["embed"] is False and mask["unembed"] is False
@@ -85,7 +91,7 @@ def test_weight_decay_mask_on_the_real_model(data_dir, scan_layers):
     matrices = [k for k in mask if k.startswith("blocks/") and "norm" not in k]
     assert len(matrices) >= 7 and all(mask[k] for k in matrices)
     config = tiny(data_dir, "optimizer.decay_embeddings=True")
-    setup = build(config, get_tokenizer_for(config), jax.devices()[:1])
+    setup = build(parse_experiment(config), _tok(config), jax.devices()[:1])
     assert setup.decay_mask["embed"] is True
 
 
@@ -106,8 +112,8 @@ def test_microbatches_give_the_same_update(data_dir):
     results = []
     for mb in (1, 4):
         config = tiny(data_dir, f"microbatches={mb}")
-        setup = build(config, get_tokenizer_for(config), jax.devices()[:1])
-        step = compile_train_step(setup, config)
+        setup = build(parse_experiment(config), _tok(config), jax.devices()[:1])
+        step = compile_train_step(setup, parse_experiment(config))
         state, metrics = step(setup.init_fn(), _batch(config, setup))
         results.append((jax.device_get(metrics), jax.device_get(state.params)))
     (m1, p1), (m4, p4) = results
@@ -126,8 +132,8 @@ def test_training_applies_mup_learning_rate_multipliers(data_dir, parametrizatio
     config = tiny(data_dir, f"model.parametrization={parametrization}", "model.d_model=128",
                   "model.mup_base_d_model=64", "model.mup_base_d_head=32",
                   "optimizer.weight_decay=0.0")
-    setup = build(config, get_tokenizer_for(config), jax.devices()[:1])
-    step = compile_train_step(setup, config)
+    setup = build(parse_experiment(config), _tok(config), jax.devices()[:1])
+    step = compile_train_step(setup, parse_experiment(config))
     state0 = setup.init_fn()
     before = jax.device_get(state0.params)
     state1, _ = step(state0, _batch(config, setup))
@@ -163,6 +169,29 @@ def test_nan_skip_mode_leaves_the_parameters_unchanged(data_dir, tmp_path):
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(result.state.params))
 
 
+def test_nan_skip_mode_stops_after_max_skips_in_a_row(data_dir, tmp_path):
+    config = tiny(data_dir, "steps=8", "optimizer.lr=1e30", "optimizer.warmup_steps=0",
+                  "checkpoint_every=0", "eval_every=0", "log_every=1", "on_nan=skip",
+                  "max_skips=2")
+    with pytest.raises(TrainingDiverged, match="2 consecutive skipped updates") as info:
+        train(config, str(tmp_path), progress=False, devices=jax.devices()[:1])
+    skipped = [r["step"] for r in read_metrics(str(tmp_path), kind="skip")]
+    assert len(skipped) == 2 and f"at step {skipped[-1]}" in str(info.value)
+    status = json.load(open(tmp_path / "status.json"))
+    assert status["status"] == "failed" and status["step"] < 8
+
+
+def test_metadata_records_the_resolved_package_versions(data_dir, tmp_path):
+    from importlib import metadata
+
+    train(tiny(data_dir, "steps=2", "eval_every=0"), str(tmp_path), progress=False,
+          devices=jax.devices()[:1])
+    meta = json.load(open(tmp_path / "metadata.json"))
+    for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain"):
+        assert meta["packages"][name] == metadata.version(name)
+    assert "git_sha" in meta
+
+
 # ---------------------------------------------------------------------------- runs
 
 
@@ -196,9 +225,7 @@ def test_sharded_runs_match_single_device(data_dir, tmp_path):
 def _unigram_entropy(config, num_batches: int) -> float:
     """Entropy (nats) of the target-token frequencies of the first train batches."""
     from llmjax.data.pipeline import make_train_iterator
-    from llmjax.train.loop import data_config_for
-
-    it = make_train_iterator(data_config_for(config), get_tokenizer_for(config))
+    it = make_train_iterator(parse_experiment(config).data, _tok(config))
     counts = np.zeros(1 << 16, np.int64)
     for _ in range(num_batches):
         b = next(it)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 
-from llmjax.train.metrics import METRICS_FILE, MetricsWriter, Progress, read_metrics
+from llmjax.rundir import METRICS as METRICS_FILE
+from llmjax.train.metrics import MetricsWriter, Progress, read_metrics
 from llmjax.train.mfu import Peak, lookup_peak, mfu
 
 

@@ -16,7 +16,8 @@ import pytest
 
 from llmjax.config import load_config
 from llmjax.eval import probe
-from llmjax.train import read_metrics, train
+from llmjax.run import train
+from llmjax.train import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "experiments", "configs", "tiny.py")
@@ -151,13 +152,14 @@ def test_unknown_probe_task_exits_2_naming_the_field_before_training(data_dir, t
      "evals.y.max_words=0"),
 ])
 def test_a_bad_probe_suite_fails_validation_before_any_training(evals, needle):
-    """config.evals is checked in full (types, option names and values) by validate(), whether
-    or not probing runs during training: a typo must not surface after hours of training."""
-    from llmjax.config import load_config, validate
+    """config.evals is checked in full (types, option names and values) by parse_experiment(),
+    whether or not probing runs during training: a typo must not surface after hours of
+    training."""
+    from llmjax.config import load_config, parse_experiment
     from llmjax.errors import UserError
 
     config = load_config(TINY, [])
     config.evals = evals
     with pytest.raises(UserError) as e:
-        validate(config, num_devices=1)
+        parse_experiment(config, num_devices=1)
     assert needle in str(e.value) and "\n" not in str(e.value)

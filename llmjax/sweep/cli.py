@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import os
 
+from llmjax import rundir
 from llmjax.errors import UserError
 
 USAGE = ("usage: llmjax sweep --config=FILE[:arg] --workdir=DIR [--parallel=K] [--dry_run] "
-         "[--config.key=value ...]")
+         "[--allow_changes=FIELD,...] [--config.key=value ...]")
 
 
 def parse_args(argv: list[str]) -> dict:
     """Flags -> {"config", "workdir", "parallel", "dry_run", "overrides"}; UserError if bad."""
     out: dict = {"config": None, "workdir": None, "parallel": 1, "dry_run": False,
-                 "overrides": []}
+                 "overrides": [], "allow_changes": ""}
     args = list(argv)
     i = 0
     while i < len(args):
@@ -35,7 +36,7 @@ def parse_args(argv: list[str]) -> dict:
             out["overrides"].append(arg)
         elif key in ("dry_run", "dry-run"):
             out["dry_run"] = value.lower() not in ("false", "0", "no") if eq else True
-        elif key in ("config", "workdir", "parallel"):
+        elif key in ("config", "workdir", "parallel", "allow_changes"):
             if not eq:
                 if i + 1 >= len(args):
                     raise UserError(f"--{key} needs a value")
@@ -44,7 +45,7 @@ def parse_args(argv: list[str]) -> dict:
             out[key] = value
         else:
             raise UserError(f"unknown flag --{key}; allowed: --config, --workdir, --parallel, "
-                            "--dry_run, --config.<key>=<value>")
+                            "--dry_run, --allow_changes, --config.<key>=<value>")
         i += 1
     if not out["config"]:
         raise UserError(f"--config is required; {USAGE}")
@@ -75,8 +76,9 @@ def main(argv: list[str]) -> int:
 
     device = probe_devices(env)
     sweep = load_sweep(args["config"], args["overrides"], num_devices=device.count)
+    rundir.check_dir_path(args["workdir"])
     runner = SweepRunner(sweep, args["workdir"], parallel=args["parallel"], device=device,
-                         env=env)
+                         env=env, allow_changes=rundir.parse_allow_changes(args["allow_changes"]))
     return runner.run(dry_run=args["dry_run"])
 
 

@@ -1,8 +1,9 @@
 """Runs a sweep: every point in its own `llmjax train` subprocess, resumable, K at a time.
 
 Layout of `DIR` (the sweep's --workdir):
-  sweep.json               the config spec, sweep-wide overrides and the point names, in order
-  sweep.lock               held (flock) while a sweep runs here: one sweep per DIR at a time
+  sweep.json               the config spec, the sha256 of the config file's content, sweep-wide
+                           overrides and the point names, in order
+  run.lock                 held while a sweep runs here (llmjax.rundir.hold): one sweep per DIR
   runs/<name>/overrides.json  the point's override dict, exactly as get_sweep returned it
   runs/<name>/point.json   the plan: spec, overrides, flags, config, parameter counts, tokens, FLOPs
   runs/<name>/status.json  pending | running | complete | failed | interrupted, with pid, return
@@ -11,12 +12,15 @@ Layout of `DIR` (the sweep's --workdir):
   runs/<name>/train.log    the child's stdout+stderr (appended per attempt)
   runs/<name>/...          what `llmjax train` writes (config.json, metrics.jsonl, checkpoints/)
 
-A point is complete when its child exited 0 and metrics.jsonl has the train record of the last
-step. Anything else is rerun with the same command, which resumes from the run's latest
-checkpoint (exact resume is the trainer's job). A failed point is recorded and the sweep carries
-on; the exit status is 1 if any point failed. SIGINT/SIGTERM are forwarded as SIGTERM to the
-children (they save a checkpoint and exit 0) and the points stay resumable; children also get
-SIGTERM if the sweep process dies (Linux PR_SET_PDEATHSIG), so a killed sweep leaves no orphans.
+A point is complete when its run directory says so (`RunDir.is_complete`: the training loop
+writes `complete` after the last step's checkpoint). Anything else is rerun with the same
+command, which resumes from the run's latest checkpoint (exact resume is the trainer's job). A
+point whose run directory holds a config other than the point's exits 2 naming the changed
+fields, before anything runs, unless they are listed in --allow_changes. A failed point is
+recorded and the sweep carries on; the exit status is 1 if any point failed. SIGINT/SIGTERM are
+forwarded as SIGTERM to the children (they save a checkpoint and exit 0) and the points stay
+resumable; children also get SIGTERM if the sweep process dies (Linux PR_SET_PDEATHSIG), so a
+killed sweep leaves no orphans.
 """
 
 from __future__ import annotations
@@ -36,15 +40,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
+from llmjax import rundir
+from llmjax.config import parse_experiment
 from llmjax.errors import UserError
-from llmjax.jsonl import read_json, write_json
+from llmjax.rundir import RunDir, Status
+from llmjax.rundir import atomic_write_json as write_json
 from llmjax.sweep.spec import Point, Sweep, canonical
+from llmjax.train.checkpoint import complete_steps
 
-STATUSES = ("pending", "running", "complete", "failed", "interrupted")
-RUNS_DIR = "runs"
-SWEEP_FILE = "sweep.json"
-LOCK_FILE = "sweep.lock"
-LOG_FILE = "train.log"
+RUNS_DIR = rundir.RUNS
+SWEEP_FILE = rundir.SWEEP
 CPU_SINGLE_THREAD_FLAG = "--xla_cpu_multi_thread_eigen=false"
 
 # Throughput model for the time estimate: seconds = startup_s + steps * step_s
@@ -71,15 +76,9 @@ def run_dir(workdir: str, name: str) -> str:
     return os.path.join(workdir, RUNS_DIR, name)
 
 
-def read_status(path: str) -> dict[str, Any]:
-    """status.json of a run directory ({"status": "pending"} when there is none)."""
-    status = read_json(os.path.join(path, "status.json"))
-    return status if isinstance(status, dict) else {"status": "pending"}
-
-
 def last_train_step(path: str) -> tuple[int | None, int | None]:
     """(step, tokens) of the last train record in `<path>/metrics.jsonl`, reading its tail only."""
-    metrics = os.path.join(path, "metrics.jsonl")
+    metrics = RunDir(path).metrics_path
     try:
         with open(metrics, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -100,15 +99,15 @@ def last_train_step(path: str) -> tuple[int | None, int | None]:
     return None, None
 
 
-def is_complete(path: str, steps: int) -> bool:
-    """The run in `path` finished: status complete, or its metrics reached the last step."""
-    status = read_status(path)
-    if status.get("status") == "running" and _pid_alive(status.get("pid"), path):
-        return False
-    if status.get("status") == "complete":
-        return True
-    step, _ = last_train_step(path)
-    return step is not None and step >= steps and status.get("returncode") in (None, 0)
+def _file_sha256(path: str) -> str | None:
+    """sha256 of a config file's content (what the sweep's points were made from)."""
+    import hashlib
+
+    try:
+        with open(path.partition(":")[0], "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
 
 
 def _pid_alive(pid: Any, path: str) -> bool:
@@ -274,9 +273,7 @@ def train_command(sweep: Sweep, point: Point, workdir: str) -> list[str]:
 
 
 def _checkpoint_steps(path: str) -> list[int]:
-    from llmjax.train.checkpoint import CHECKPOINT_DIR, complete_steps
-
-    return complete_steps(os.path.join(path, CHECKPOINT_DIR))
+    return complete_steps(RunDir(path).checkpoints_dir)
 
 
 def _error_of(log_path: str, tail_lines: int = 25) -> tuple[str, str]:
@@ -314,7 +311,8 @@ class SweepRunner:
     def __init__(self, sweep: Sweep, workdir: str, *, parallel: int = 1,
                  device: DeviceInfo | None = None, env: dict[str, str] | None = None,
                  out: TextIO | None = None, progress: bool | None = None,
-                 report_every: float = 30.0, poll_s: float = 0.5):
+                 report_every: float = 30.0, poll_s: float = 0.5,
+                 allow_changes: Sequence[str] = ()):
         if parallel < 1:
             raise UserError(f"--parallel={parallel}: allowed values are integers >= 1")
         self.sweep, self.workdir, self.parallel = sweep, os.path.abspath(workdir), parallel
@@ -324,6 +322,8 @@ class SweepRunner:
         self.tty = (sys.stderr.isatty() if progress is None else progress)
         self.report_every, self.poll_s = report_every, poll_s
         self.stop_signal: int | None = None
+        self.allow_changes = list(allow_changes)
+        self.changed = self.check_configs(sweep.points)
         self.children: dict[str, _Child] = {}
         self.peak, self.peak_label = peak_flops(self.device)
         self.estimates = {p.name: estimate_seconds(p, self.peak, self.device.platform, parallel)
@@ -337,19 +337,19 @@ class SweepRunner:
         out = {}
         for p in self.sweep.points:
             path = run_dir(self.workdir, p.name)
-            status = read_status(path)
-            if is_complete(path, p.cost.steps):
-                out[p.name] = "complete"
-            elif status.get("status") == "running" and not _pid_alive(status.get("pid"), path):
-                out[p.name] = "interrupted"  # its sweep was killed
+            status = RunDir(path).read_status()
+            if status["status"] == Status.RUNNING and not _pid_alive(status.get("pid"), path):
+                out[p.name] = Status.INTERRUPTED.value  # its sweep (or its child) was killed
+            elif p.name in self.changed:
+                out[p.name] = Status.PENDING.value  # an allowed change: train it again
             else:
-                out[p.name] = status.get("status", "pending")
+                out[p.name] = status["status"]
         return out
 
     def plan(self) -> str:
         """The plan: the table, total compute and the expected time (printed before starting)."""
         statuses = self.statuses()
-        todo = [p for p in self.sweep.points if statuses[p.name] != "complete"]
+        todo = [p for p in self.sweep.points if statuses[p.name] != Status.COMPLETE]
         order = self.order(todo)
         total = sum(p.cost.flops for p in self.sweep.points)
         total_6nd = sum(p.cost.flops_6nd for p in self.sweep.points)
@@ -376,43 +376,49 @@ class SweepRunner:
         return sorted(todo, key=lambda p: -self.estimates[p.name])
 
     # ---- bookkeeping -----------------------------------------------------------------------
-    def _check_and_record(self, points: list[Point]) -> None:
-        """Refuse a run directory made by different overrides; write the plan files."""
+    def check_configs(self, points: list[Point]) -> set[str]:
+        """Refuse a point whose run directory was trained with another config (the same check
+        as `llmjax train`'s resume, point by point), before anything runs. Returns the names of
+        points whose config changed in allowed fields: they run again (and resume)."""
+        changed = set()
         for p in points:
-            path = run_dir(self.workdir, p.name)
-            old = read_json(os.path.join(path, "point.json"))
-            new_overrides = canonical(p.overrides)
-            if isinstance(old, dict) and (old.get("overrides") != new_overrides
-                                          or old.get("extra") != self.sweep.extra):
-                raise UserError(
-                    f"sweep point {p.name!r}: {path} was made with different settings "
-                    f"(overrides {old.get('overrides')} + {old.get('extra')}, now "
-                    f"{new_overrides} + {self.sweep.extra}); use another --workdir or delete it")
+            run = RunDir(run_dir(self.workdir, p.name))
+            saved = run.saved_config()
+            if saved is not None and rundir.check_config_unchanged(
+                    saved, parse_experiment(p.config).source, self.allow_changes,
+                    where=f"sweep point {p.name!r}"):
+                changed.add(p.name)
+        return changed
+
+    def _check_and_record(self, points: list[Point]) -> None:
+        """Check every point's config against its run again (under the lock); write the plan
+        files."""
+        self.changed = self.check_configs(points)
         os.makedirs(os.path.join(self.workdir, RUNS_DIR), exist_ok=True)
         write_json(os.path.join(self.workdir, SWEEP_FILE),
-                   {"spec": self.sweep.spec, "extra": self.sweep.extra,
-                    "points": [p.name for p in self.sweep.points]})
+                   {"spec": self.sweep.spec, "config_sha256": _file_sha256(self.sweep.spec),
+                    "extra": self.sweep.extra, "points": [p.name for p in self.sweep.points]})
         for p in points:
             path = run_dir(self.workdir, p.name)
             os.makedirs(path, exist_ok=True)
-            write_json(os.path.join(path, "overrides.json"), canonical(p.overrides))
-            write_json(os.path.join(path, "point.json"), {
+            write_json(os.path.join(path, rundir.OVERRIDES), canonical(p.overrides))
+            write_json(os.path.join(path, rundir.POINT), {
                 "name": p.name, "spec": self.sweep.spec, "overrides": canonical(p.overrides),
                 "extra": self.sweep.extra, "flags": p.flags(), "budget": p.budget,
                 "cost": dataclasses.asdict(p.cost), "config": canonical(p.config.to_dict()),
             })
-            if not os.path.exists(os.path.join(path, "status.json")):
-                write_json(os.path.join(path, "status.json"),
-                           {"name": p.name, "status": "pending", "attempts": 0,
-                            "wall_time_s": 0.0, "cpu_time_s": 0.0})
+            run = RunDir(path)
+            if not os.path.exists(run.status_path):
+                run.write_status(Status.PENDING, name=p.name, attempts=0, wall_time_s=0.0,
+                                 cpu_time_s=0.0)
 
     def _wait_for_stale(self, points: list[Point], timeout: float = 180.0) -> None:
         """A point 'running' from a killed sweep: wait until its child has saved and exited."""
         for p in points:
             path = run_dir(self.workdir, p.name)
-            status = read_status(path)
+            status = RunDir(path).read_status()
             pid = status.get("pid")
-            if status.get("status") != "running" or not _pid_alive(pid, path):
+            if status["status"] != Status.RUNNING or not _pid_alive(pid, path):
                 continue
             self.say(f"waiting for the previous run of {p.name} (pid {pid}) to exit")
             deadline = time.monotonic() + timeout
@@ -421,24 +427,6 @@ class SweepRunner:
                     raise UserError(f"sweep point {p.name!r}: an earlier run (pid {pid}) is still "
                                     f"training in {path}; stop it first")
                 time.sleep(0.5)
-
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        import fcntl
-
-        os.makedirs(self.workdir, exist_ok=True)
-        fd = os.open(os.path.join(self.workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise UserError(f"--workdir={self.workdir}: another sweep is running there "
-                                f"({LOCK_FILE} is locked)") from None
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            yield
-        finally:
-            os.close(fd)
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
@@ -461,47 +449,50 @@ class SweepRunner:
     # ---- children ---------------------------------------------------------------------------
     def _start(self, point: Point) -> _Child:
         path = run_dir(self.workdir, point.name)
-        status = read_status(path)
+        run = RunDir(path)
+        status = run.read_status()
         cmd = train_command(self.sweep, point, self.workdir)
-        log = open(os.path.join(path, LOG_FILE), "ab")
+        if self.allow_changes:
+            cmd.append(f"--allow_changes={','.join(self.allow_changes)}")
+        log = open(run.log_path, "ab")
         attempt = int(status.get("attempts", 0)) + 1
         log.write(f"\n# llmjax sweep: attempt {attempt} at {_now()}\n# {' '.join(cmd)}\n".encode())
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=self.env, start_new_session=True,
                                 preexec_fn=_pdeathsig())
-        status.update({"name": point.name, "status": "running", "pid": proc.pid,
-                       "attempts": attempt, "started": _now(), "command": cmd,
-                       "steps": point.cost.steps, "returncode": None})
-        status.setdefault("wall_time_s", 0.0)
-        status.setdefault("cpu_time_s", 0.0)
-        write_json(os.path.join(path, "status.json"), status)
+        status = run.write_status(
+            Status.RUNNING, name=point.name, pid=proc.pid, attempts=attempt, started=_now(),
+            command=cmd, steps=point.cost.steps, returncode=None,
+            wall_time_s=float(status.get("wall_time_s") or 0.0),
+            cpu_time_s=float(status.get("cpu_time_s") or 0.0))
         return _Child(point, proc, path, time.monotonic(), status, log)
 
     def _finish(self, child: _Child, wait_status: int, rusage: Any) -> str:
         child.log.close()
         rc = os.waitstatus_to_exitcode(wait_status)
         child.proc.returncode = rc  # reaped by os.wait4: tell Popen
-        s = child.status
-        s["returncode"] = rc
-        s["pid"] = None
-        s["finished"] = _now()
-        s["wall_time_s"] = float(s.get("wall_time_s") or 0.0) + time.monotonic() - child.start
-        s["cpu_time_s"] = float(s.get("cpu_time_s") or 0.0) + rusage.ru_utime + rusage.ru_stime
-        step, _ = last_train_step(child.path)
-        s["step"] = step
-        if rc == 0 and step is not None and step >= child.point.cost.steps:
-            s["status"], s["error"], s["error_tail"] = "complete", None, None
+        run = RunDir(child.path)
+        s = {"returncode": rc, "pid": None, "finished": _now(),
+             "wall_time_s": float(child.status.get("wall_time_s") or 0.0)
+             + time.monotonic() - child.start,
+             "cpu_time_s": float(child.status.get("cpu_time_s") or 0.0)
+             + rusage.ru_utime + rusage.ru_stime,
+             "step": last_train_step(child.path)[0]}
+        # The training loop wrote how the run ended; the runner only adds what it saw.
+        if rc == 0 and run.is_complete():
+            status = Status.COMPLETE
+            s.update(error=None, error_tail=None)
         elif rc == 0 or (rc < 0 and self.stop_signal is not None):
-            s["status"] = "interrupted"  # saved a checkpoint on our signal: resumable
+            status = Status.INTERRUPTED  # saved a checkpoint on our signal: resumable
             saved = _checkpoint_steps(child.path)
             s["error"] = (f"stopped at step {saved[-1] if saved else 0} of "
                           f"{child.point.cost.steps} (latest checkpoint)")
         else:
-            s["status"] = "failed"
-            s["error"], s["error_tail"] = _error_of(os.path.join(child.path, LOG_FILE))
-        write_json(os.path.join(child.path, "status.json"), s)
-        return s["status"]
+            status = Status.FAILED
+            s["error"], s["error_tail"] = _error_of(run.log_path)
+        child.status = run.write_status(status, **s)
+        return status.value
 
     def _running_flops(self) -> float:
         done = 0.0
@@ -519,19 +510,13 @@ class SweepRunner:
             self.say("dry run: nothing started")
             return 0
         statuses = self.statuses()
-        todo = self.order([p for p in self.sweep.points if statuses[p.name] != "complete"])
+        todo = self.order([p for p in self.sweep.points if statuses[p.name] != Status.COMPLETE])
         if not todo:
             self.say(f"sweep complete: nothing to do ({len(self.sweep.points)} points already "
                      f"complete in {self.workdir})")
             return 0
-        with self._lock():
+        with rundir.hold(self.workdir, say=self.say):
             self._check_and_record(self.sweep.points)
-            for p in self.sweep.points:  # a run finished after its sweep died: record it
-                path = run_dir(self.workdir, p.name)
-                s = read_status(path)
-                if statuses[p.name] == "complete" and s.get("status") != "complete":
-                    s.update({"status": "complete", "pid": None, "error": None})
-                    write_json(os.path.join(path, "status.json"), s)
             self._wait_for_stale(todo)
             with self._signals():
                 results = self._loop(todo)
@@ -583,12 +568,12 @@ class SweepRunner:
                     status = self._finish(child, wait_status, rusage)
                     results[name] = status
                     s = child.status
-                    if status == "complete":
+                    if status == Status.COMPLETE:
                         n_done += 1
                         done_flops += child.point.cost.flops
                         log(f"[{n_done}/{n_total}] {name} complete in {duration(s['wall_time_s'])}"
                             f" (cpu {duration(s['cpu_time_s'])})")
-                    elif status == "failed":
+                    elif status == Status.FAILED:
                         log(f"[{n_done}/{n_total}] {name} FAILED (exit {s['returncode']}): "
                             f"{s['error']}")
                     else:
@@ -615,8 +600,8 @@ class SweepRunner:
     def _summary(self, results: dict[str, str]) -> int:
         statuses = self.statuses()
         failed = [n for n, s in statuses.items() if s == "failed"]
-        complete = [n for n, s in statuses.items() if s == "complete"]
-        pending = [n for n, s in statuses.items() if s not in ("failed", "complete")]
+        complete = [n for n, s in statuses.items() if s == Status.COMPLETE]
+        pending = [n for n, s in statuses.items() if s not in (Status.FAILED, Status.COMPLETE)]
         try:
             from llmjax.sweep.results import write_results
 
@@ -630,14 +615,15 @@ class SweepRunner:
                  + (f"; not finished: {', '.join(pending)}" if pending else ""))
         for name in failed:
             path = run_dir(self.workdir, name)
-            err = read_status(path).get("error")
-            self.say(f"  {name}: {err}  (log: {os.path.join(path, LOG_FILE)})")
+            run = RunDir(path)
+            err = run.read_status().get("error")
+            self.say(f"  {name}: {err}  (log: {run.log_path})")
         if self.stop_signal is not None:
             self.say("sweep interrupted: rerun the same command to resume")
             return 128 + int(self.stop_signal)
         return 1 if failed else 0
 
 
-__all__ = ["DeviceInfo", "SweepRunner", "child_env", "estimate_seconds", "is_complete",
-           "last_train_step", "makespan", "probe_devices", "read_status", "run_dir",
+__all__ = ["DeviceInfo", "SweepRunner", "child_env", "estimate_seconds",
+           "last_train_step", "makespan", "probe_devices", "run_dir",
            "train_command"]

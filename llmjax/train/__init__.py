@@ -1,11 +1,11 @@
 """Training: the jitted step, AdamW, checkpoints, the loop, `llmjax train` and `llmjax info`.
 
-From Python (what the sweep runner does):
+From Python (with the probe hook as well: `llmjax.run.train`):
 
-    from llmjax.config import load_config
+    from llmjax.config import load_experiment
     from llmjax.train import train, read_metrics
-    config = load_config("experiments/configs/lm.py:size=S", ["steps=500"])
-    result = train(config, "runs/lm_s")          # resumes if runs/lm_s has a checkpoint
+    exp = load_experiment("experiments/configs/lm.py:size=S", ["steps=500"])
+    result = train(exp, "runs/lm_s")             # resumes if runs/lm_s has a checkpoint
     evals = read_metrics("runs/lm_s", kind="eval")
 
 Heavy modules (jax, orbax) load on first use of `train`, so `import llmjax.train` stays cheap.

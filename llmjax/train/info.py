@@ -11,10 +11,16 @@ import dataclasses
 import json
 from typing import Any
 
+import jax
 import numpy as np
 
 from llmjax import config as config_lib
+from llmjax import distributed
+from llmjax.config import Experiment
+from llmjax.data.tokenizer import spec_vocab_size
 from llmjax.errors import UserError
+from llmjax.model.flops import flops_per_token, param_counts
+from llmjax.train.loop import build, compile_train_step
 
 
 @dataclasses.dataclass
@@ -27,26 +33,21 @@ class _SizeOnlyTokenizer:
         return np.ones(self.vocab_size, np.int32)
 
 
-def _vocab_size(config: Any) -> int:
-    if config.model.get("vocab_size"):
-        return int(config.model.vocab_size)
-    from llmjax.data.tokenizer import spec_vocab_size
-
-    return int(spec_vocab_size(config.data.tokenizer))
+def _vocab_size(exp: Experiment) -> int:
+    if not exp.vocab_from_tokenizer:
+        return exp.model.vocab_size
+    return int(spec_vocab_size(exp.data.tokenizer))
 
 
-def describe(config: Any, *, compile_step: bool = True) -> dict[str, Any]:
+def describe(exp: Experiment | Any, *, compile_step: bool = True) -> dict[str, Any]:
     """Parameter counts, FLOPs/token, run totals and (compile_step) the step's compiled memory."""
-    import jax
-
-    from llmjax.model.flops import flops_per_token, param_counts
-    from llmjax.train.loop import build, compile_train_step
-
-    config_lib.validate(config, jax.device_count(), jax.process_count())
-    setup = build(config, _SizeOnlyTokenizer(_vocab_size(config)))
+    if not isinstance(exp, Experiment):
+        exp = config_lib.parse_experiment(exp)
+    exp.check_devices(jax.device_count(), jax.process_count())
+    setup = build(exp, _SizeOnlyTokenizer(_vocab_size(exp)))
     counts = param_counts(setup.model_cfg)
-    flops = flops_per_token(setup.model_cfg, config.data.seq_len)
-    tokens = setup.steps * config.data.batch_size * config.data.seq_len
+    flops = flops_per_token(setup.model_cfg, exp.data.seq_len)
+    tokens = setup.steps * exp.tokens_per_step
     out: dict[str, Any] = {
         "params": dataclasses.asdict(counts),
         "flops_per_token": dataclasses.asdict(flops),
@@ -57,7 +58,7 @@ def describe(config: Any, *, compile_step: bool = True) -> dict[str, Any]:
         "mesh": dict(setup.mesh.shape),
     }
     if compile_step:
-        compiled = compile_train_step(setup, config)
+        compiled = compile_train_step(setup, exp)
         mem = compiled.memory_analysis()
         if mem is not None:
             fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
@@ -108,10 +109,9 @@ def main(argv: list[str]) -> int:
         print("usage: llmjax info --config=FILE[:arg] [--config.key=value ...] [--json]")
         return 0
     config, _ = config_lib.parse_flags(argv)
-    from llmjax.train.loop import initialize_distributed
-
-    initialize_distributed(config)
-    info = describe(config)
+    exp = config_lib.parse_experiment(config)
+    distributed.initialize(exp.train.distributed)
+    info = describe(exp)
     if as_json:
         print(json.dumps(info, sort_keys=True))
     else:

@@ -1,24 +1,29 @@
-"""The training loop: build everything from a config, resume if possible, train, evaluate, save.
+"""The training loop: set-up, then a short loop of steps and `(every, hook)` pairs.
 
-`train(config, workdir)` is the one entry point (the CLI and the sweep runner both call it).
+`train(exp, workdir, hooks=...)` is the one entry point (`llmjax train`, the sweep runner and
+`llmjax.run.train` all call it). Set-up — distributed init, device checks, tokenizer and data,
+the lock, the resume check, the build — happens before the loop; the loop itself only steps and
+calls the hooks that are due: logging, evaluation, checkpointing, and whatever a caller adds
+from above (the probe hook of `llmjax.eval.train_hook`, registered by `llmjax.run`).
+
 Host work per step is: fetch a numpy batch, place it on the mesh, dispatch the compiled step.
-The host never waits for a step except at log/eval/checkpoint steps; the NaN/Inf flag of step s
-is fetched after step s+1 has been dispatched (so the device is never idle waiting for the host),
-and at every step that logs, evaluates or saves. A non-finite step therefore stops the run at
-most one step later, naming the step, and is never checkpointed.
+The host never waits for a step except when a hook is due; the non-finite flag of step s (loss,
+gradients and the updated parameters) is fetched after step s+1 has been dispatched, and before
+any hook runs. A non-finite step therefore stops the run at most one step later, naming the
+step, and is never checkpointed; with on_nan='skip' the update is not applied, and after
+`max_skips` skipped updates in a row the run stops.
 
-Outputs in `workdir`: config.json, metadata.json, metrics.jsonl (see metrics.py), tokenizer/,
-checkpoints/<step>/, tensorboard/ (when tensorboardX is installed), and with
-config.probe_checkpoints probes.jsonl: the probe suite (llmjax.eval.probe) run on the in-memory
-parameters right after each checkpoint save, its cost logged as a metrics.jsonl record
-{"kind": "probe", "step", "seconds", "records"}. Probing reads the parameters only (no RNG, no
-data), so the run's losses and parameters are those of the same run without it.
+Outputs in the workdir (names: llmjax.rundir): config.json, metadata.json, status.json,
+metrics.jsonl (see metrics.py), tokenizer/, checkpoints/<step>/, tensorboard/ (with
+tensorboardX), and probes.jsonl when a probe hook runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import math
 import os
 import platform
 import signal
@@ -27,25 +32,31 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from importlib import metadata as importlib_metadata
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
-from ml_collections import ConfigDict
 
-from llmjax import config as config_lib
-from llmjax.errors import UserError
-from llmjax.jsonl import read_json, write_json
-from llmjax.train import mfu as mfu_lib
-from llmjax.train.checkpoint import (
-    CHECKPOINT_DIR,
-    Checkpointer,
-    log_spaced_steps,
-    remove_incomplete,
+from llmjax import distributed, rundir
+from llmjax.config import Experiment, parse_experiment
+from llmjax.data.pipeline import (
+    check_train_steps,
+    get_data_tokenizer,
+    make_eval_batches,
+    make_train_iterator,
 )
+from llmjax.errors import UserError
+from llmjax.model import Transformer
+from llmjax.model.flops import flops_per_token
+from llmjax.rundir import RunDir, Status
+from llmjax.sharding import logical_to_spec, make_mesh, state_shardings
+from llmjax.train import mfu as mfu_lib
+from llmjax.train.checkpoint import Checkpointer, log_spaced_steps, remove_incomplete
 from llmjax.train.metrics import MetricsWriter, Progress, format_eval, format_train
 from llmjax.train.optimizer import lr_multiplier_tree, make_optimizer, weight_decay_mask
 from llmjax.train.step import (
@@ -56,12 +67,13 @@ from llmjax.train.step import (
     summarize_eval,
 )
 
+# Packages whose resolved versions every run records (metadata.json), beside the git SHA.
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy",
-            "ml-collections", "tensorflow-datasets", "tokenizers")
+            "ml-collections", "tensorflow-datasets", "array-record", "tokenizers")
 
 
 class TrainingDiverged(RuntimeError):
-    """Loss or gradients became NaN/Inf (on_nan='stop'). The message is one line."""
+    """A non-finite loss, gradient or update (on_nan='stop', or max_skips reached)."""
 
     exit_code = 1
 
@@ -80,48 +92,7 @@ class TrainResult:
     state: TrainState | None = None  # final TrainState (device arrays), for in-process callers
 
 
-# --------------------------------------------------------------------------- start-up
-
-
-_CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS",
-                "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
-
-
-def distributed_requested(setting: Any) -> bool:
-    """config.distributed: true/false, or 'auto' = a multi-process cluster environment is set."""
-    value = str(setting).strip().lower()
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no"):
-        return False
-    if os.environ.get("SLURM_NTASKS") is not None:
-        return int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    if os.environ.get("OMPI_COMM_WORLD_SIZE") is not None:
-        return int(os.environ["OMPI_COMM_WORLD_SIZE"]) > 1
-    return any(os.environ.get(k) for k in _CLUSTER_ENV[2:])
-
-
-def initialize_distributed(config: ConfigDict) -> None:
-    """jax.distributed.initialize() (cluster auto-detected) when the config or environment asks.
-
-    Must run before anything touches jax devices; a second call is a no-op.
-    """
-    if not distributed_requested(config.get("distributed", "auto")):
-        return
-    from jax._src import distributed as _dist  # is_initialized is not public API
-
-    if getattr(_dist.global_state, "client", None) is not None:
-        return
-    kwargs = {}
-    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        kwargs = {"coordinator_address": os.environ["JAX_COORDINATOR_ADDRESS"],
-                  "num_processes": int(os.environ["JAX_NUM_PROCESSES"]),
-                  "process_id": int(os.environ["JAX_PROCESS_ID"])}
-    try:
-        jax.distributed.initialize(**kwargs)
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise UserError(f"distributed={config.distributed!r}: jax.distributed.initialize failed: "
-                        f"{' '.join(str(e).split())[:300]}") from None
+# --------------------------------------------------------------------------- run metadata
 
 
 def _git_sha() -> dict[str, Any]:
@@ -162,25 +133,20 @@ def run_metadata(argv: list[str] | None = None, mesh: Any = None) -> dict[str, A
     }
 
 
-def _write_run_files(workdir: str, config: ConfigDict, resume_step: int | None,
-                     tokenizer: Any, argv: list[str] | None, mesh: Any) -> None:
+def _write_run_files(run: RunDir, exp: Experiment, resume_step: int | None, tokenizer: Any,
+                     argv: list[str] | None, mesh: Any, changes: dict[str, Any]) -> None:
     """config.json, metadata.json (a resume appends to `resumes`), tokenizer/."""
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json.tmp"), "w") as f:
-        f.write(config_lib.to_json(config) + "\n")
-    os.replace(os.path.join(workdir, "config.json.tmp"), os.path.join(workdir, "config.json"))
-    meta_path = os.path.join(workdir, "metadata.json")
+    rundir.atomic_write(run.config_path, exp.to_json() + "\n")
     meta = run_metadata(argv, mesh)
-    if os.path.exists(meta_path):
-        first = read_json(meta_path)
-        if isinstance(first, dict):
-            resumes = first.get("resumes", [])
-            resumes.append({"time": meta["start_time"], "step": resume_step or 0,
-                            "git_sha": meta["git_sha"]})
-            first["resumes"] = resumes
-            meta = first
-    write_json(meta_path, meta)
-    tokenizer.save(os.path.join(workdir, "tokenizer"))
+    first = rundir.read_json(run.metadata_path)
+    if isinstance(first, dict):
+        first.setdefault("resumes", []).append(
+            {"time": meta["start_time"], "step": resume_step or 0, "git_sha": meta["git_sha"],
+             "packages": meta["packages"],
+             "changed": {k: list(v) for k, v in changes.items()}})
+        meta = first
+    rundir.atomic_write_json(run.metadata_path, meta)
+    tokenizer.save(run.tokenizer_dir)
 
 
 # --------------------------------------------------------------------------- building
@@ -208,47 +174,15 @@ class Setup:
     decay_mask: Any  # bool pytree like params: which parameters get weight decay
 
 
-def model_config_for(config: ConfigDict, vocab_size: int) -> Any:
-    """ModelConfig from config.model, vocab_size 0/None replaced by the tokenizer's."""
-    from llmjax.model import ModelConfig
-
-    d = config.model.to_dict()
-    if not d.get("vocab_size"):
-        d["vocab_size"] = vocab_size
-    elif d["vocab_size"] < vocab_size:
-        raise UserError(f"model.vocab_size={d['vocab_size']} is smaller than the tokenizer's "
-                        f"vocabulary ({vocab_size}); allowed: >= {vocab_size}, or 0 = take it "
-                        "from the tokenizer")
-    return ModelConfig.from_dict(d)
-
-
-def data_config_for(config: ConfigDict, process_count: int = 1) -> Any:
-    """The pipeline's DataConfig from config.data (UserError naming a bad data field)."""
-    from llmjax.data.pipeline import DataConfig
-
-    return DataConfig.from_config(config.data, process_count=process_count)
-
-
-def get_tokenizer_for(config: ConfigDict) -> Any:
-    """The run's tokenizer; prepares the dataset first when needed (BPE trains on it)."""
-    from llmjax.data.pipeline import get_data_tokenizer
-
-    return get_data_tokenizer(data_config_for(config))
-
-
-def build(config: ConfigDict, tokenizer: Any, devices: list[Any] | None = None) -> Setup:
+def build(exp: Experiment, tokenizer: Any, devices: list[Any] | None = None) -> Setup:
     """Model graph, shardings, optimizer and the jitted step functions; allocates nothing big.
 
     `devices`: the mesh's devices (default: all of jax.devices()).
     """
-    from llmjax.model import Transformer
-    from llmjax.sharding import logical_to_spec, make_mesh, state_shardings
-
-    model_cfg = model_config_for(config, tokenizer.vocab_size)
-    data_cfg = data_config_for(config, jax.process_count())
-    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
-    steps = config_lib.total_steps(config)
-    seed = int(config.seed)
+    model_cfg = exp.model_config(tokenizer.vocab_size)
+    mesh = make_mesh(*exp.mesh.sizes, devices=devices)
+    steps = exp.steps
+    seed = exp.train.seed
 
     make_model = lambda: Transformer(model_cfg, rngs=nnx.Rngs(seed))
     graphdef, abstract_params, rest = nnx.split(nnx.eval_shape(make_model), nnx.Param, ...)
@@ -259,14 +193,12 @@ def build(config: ConfigDict, tokenizer: Any, devices: list[Any] | None = None) 
     param_sh = nnx.to_pure_dict(state_shardings(mesh, abstract_params))
     # Decided from the Variables' logical axes (stacked norm scales are 2-D but never decay).
     decay_mask = nnx.to_pure_dict(
-        weight_decay_mask(abstract_params, bool(config.optimizer.decay_embeddings)))
+        weight_decay_mask(abstract_params, exp.optimizer.decay_embeddings))
     # muP's per-parameter Adam learning-rate multipliers (all 1 under 'sp': no extra transform).
     lr_mults = nnx.to_pure_dict(lr_multiplier_tree(abstract_params, model_cfg))
-    tx, schedule = make_optimizer(config.optimizer, steps, decay_mask, lr_mults)
+    tx, schedule = make_optimizer(exp.optimizer, steps, decay_mask, lr_mults)
     abstract_pure = nnx.to_pure_dict(abstract_params)
     abstract_opt = jax.eval_shape(tx.init, abstract_pure)
-    import optax
-
     opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
                                    transform_non_params=lambda _: replicated)
     shardings = TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
@@ -289,32 +221,32 @@ def build(config: ConfigDict, tokenizer: Any, devices: list[Any] | None = None) 
 
     init_fn = jax.jit(init, out_shardings=shardings)
     batch_sharding = jax.sharding.NamedSharding(mesh, logical_to_spec(("batch", "length")))
-    step_fn = make_train_step(graphdef, tx, schedule, microbatches=int(config.microbatches),
-                              z_loss=float(config.z_loss), dropout=model_cfg.dropout > 0,
-                              skip_nonfinite=config.on_nan == "skip")
+    step_fn = make_train_step(graphdef, tx, schedule, microbatches=exp.train.microbatches,
+                              z_loss=exp.train.z_loss, dropout=model_cfg.dropout > 0,
+                              skip_nonfinite=exp.train.on_nan == "skip")
     train_step = jit_train_step(step_fn, shardings, batch_sharding, replicated)
     token_bytes = jnp.asarray(np.asarray(tokenizer.token_byte_lengths(), np.int32))
     eval_fn = make_eval_step(graphdef, token_bytes)
     eval_step = jax.jit(eval_fn, in_shardings=(param_sh, batch_sharding), out_shardings=replicated)
-    return Setup(model_cfg=model_cfg, tokenizer=tokenizer, data_cfg=data_cfg, mesh=mesh,
+    return Setup(model_cfg=model_cfg, tokenizer=tokenizer, data_cfg=exp.data, mesh=mesh,
                  graphdef=graphdef, tx=tx, schedule=schedule, abstract_state=abstract_state,
                  state_shardings=shardings, batch_sharding=batch_sharding, replicated=replicated,
                  train_step=train_step, eval_step=eval_step, steps=steps, init_fn=init_fn,
                  decay_mask=decay_mask)
 
 
-def abstract_batch(config: ConfigDict, sharding: Any) -> dict[str, jax.ShapeDtypeStruct]:
-    shape = (config.data.batch_size, config.data.seq_len)
+def abstract_batch(exp: Experiment, sharding: Any) -> dict[str, jax.ShapeDtypeStruct]:
+    shape = (exp.data.batch_size, exp.data.seq_len)
     return {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
             "targets": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
             "loss_mask": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding)}
 
 
-def compile_train_step(setup: Setup, config: ConfigDict) -> Any:
+def compile_train_step(setup: Setup, exp: Experiment) -> Any:
     """Ahead-of-time lower().compile() of the train step (the mesh active so constraints apply)."""
     with jax.set_mesh(setup.mesh):
         lowered = setup.train_step.lower(setup.abstract_state,
-                                         abstract_batch(config, setup.batch_sharding))
+                                         abstract_batch(exp, setup.batch_sharding))
         return lowered.compile()
 
 
@@ -327,9 +259,6 @@ def _global_batch(batch: dict[str, np.ndarray], sharding: Any, global_batch: int
         shape = (global_batch, *local.shape[1:])
         out[key] = jax.make_array_from_process_local_data(sharding, local, shape)
     return out
-
-
-# --------------------------------------------------------------------------- the loop
 
 
 class _StopFlag:
@@ -355,239 +284,332 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def train(config: ConfigDict, workdir: str, *, argv: list[str] | None = None,
+# --------------------------------------------------------------------------- hooks
+
+
+@dataclasses.dataclass
+class Hook:
+    """Something the loop does at some steps: `fn(loop)` when `due`.
+
+    every   run at steps that are multiples of it (0 = never by count)
+    at_end  also run at the last step
+    steps   also run at these steps
+    after_save  run only at steps where a checkpoint was just saved (the probe hook)
+    start   called once before the first step (e.g. to finish work a killed run left)
+    """
+
+    name: str
+    fn: Callable[[Loop], None]
+    every: int = 0
+    at_end: bool = True
+    steps: frozenset[int] = frozenset()
+    after_save: bool = False
+    start: Callable[[Loop], None] | None = None
+
+    def due(self, loop: Loop) -> bool:
+        step = loop.step
+        if self.after_save:
+            return loop.saved_step == step
+        return ((self.every > 0 and step % self.every == 0) or step in self.steps
+                or (self.at_end and step == loop.steps))
+
+
+@dataclasses.dataclass
+class Loop:
+    """What hooks see: the run, its state at `step`, and the writers. Hooks read `state`; only
+    the loop replaces it."""
+
+    exp: Experiment
+    run: RunDir
+    setup: Setup
+    ckpt: Checkpointer
+    train_iter: Any
+    writer: MetricsWriter
+    bar: Progress
+    state: TrainState
+    step: int
+    steps: int
+    resumed_from: int | None
+    process_index: int
+    process_count: int
+    metrics: dict[str, jax.Array] | None = None
+    saved_step: int | None = None  # the step of the newest checkpoint this process saved/restored
+    last_train: dict[str, Any] | None = None
+    last_eval: dict[str, Any] | None = None
+    stopped: bool = False  # hooks may ask the loop to stop after this step
+
+    @property
+    def primary(self) -> bool:
+        return self.process_index == 0
+
+    @property
+    def tokens(self) -> int:
+        return self.step * self.exp.tokens_per_step
+
+    def save(self) -> bool:
+        """Async checkpoint of `state` at `step`; False when that step is already saved."""
+        if self.saved_step == self.step:
+            return False
+        self.ckpt.save(self.step, self.state.as_dict(), self.train_iter.get_state(),
+                       {"step": self.step, "tokens": self.tokens})
+        self.saved_step = self.step
+        return True
+
+
+class _Throughput:
+    """tokens/s and MFU between two log steps."""
+
+    def __init__(self, loop: Loop):
+        self.flops_per_token = flops_per_token(loop.setup.model_cfg, loop.exp.data.seq_len).training
+        self.peak = mfu_lib.device_peak(list(loop.setup.mesh.devices.flat))
+        self.mark(loop.step)
+
+    def mark(self, step: int) -> None:
+        self.t, self.step = time.perf_counter(), step
+
+    def rate(self, step: int, tokens_per_step: int) -> float:
+        return (step - self.step) * tokens_per_step / max(time.perf_counter() - self.t, 1e-9)
+
+
+def log_hook(loop: Loop) -> Hook:
+    meter = _Throughput(loop)
+
+    def log(loop: Loop) -> None:
+        m = jax.device_get(loop.metrics)
+        tok_s = meter.rate(loop.step, loop.exp.tokens_per_step)
+        flops_s, util = mfu_lib.mfu(meter.flops_per_token, tok_s, meter.peak)
+        rec = {"kind": "train", "step": loop.step, "loss": float(m["loss"]),
+               "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"]), "tokens": loop.tokens,
+               "tokens_per_s": tok_s, "flops_per_s": flops_s, "mfu": util, "time": time.time()}
+        if loop.exp.train.z_loss > 0:
+            rec["z_loss"] = float(m["z_loss"])
+        loop.last_train = rec
+        loop.writer.write(rec)
+        loop.bar.log(format_train(rec, loop.steps, loop.bar.eta(loop.step), meter.peak.label))
+        loop.bar.update(loop.step, rec)
+        meter.mark(loop.step)
+
+    return Hook("log", log, every=loop.exp.train.log_every)
+
+
+def eval_hook(loop: Loop) -> Hook | None:
+    exp, setup = loop.exp, loop.setup
+    if exp.train.eval_every <= 0:
+        return None
+    batches = [_global_batch(b, setup.batch_sharding, exp.data.batch_size)
+               for b in make_eval_batches(setup.data_cfg, setup.tokenizer, exp.train.eval_batches,
+                                          process_index=loop.process_index,
+                                          process_count=loop.process_count)]
+
+    def evaluate(loop: Loop) -> None:
+        sums = None
+        with jax.set_mesh(setup.mesh):
+            for b in batches:
+                out = setup.eval_step(loop.state.params, b)
+                sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+        host = {k: float(v) for k, v in jax.device_get(sums).items()}
+        loop.last_eval = {"kind": "eval", "step": loop.step, **summarize_eval(host),
+                          "tokens": loop.tokens}
+        loop.writer.write(loop.last_eval)
+        loop.bar.log(format_eval(loop.last_eval))
+
+    return Hook("eval", evaluate, every=exp.train.eval_every)
+
+
+def checkpoint_hook(loop: Loop, keep_steps: Sequence[int]) -> Hook:
+    return Hook("checkpoint", lambda loop: loop.save(), every=loop.exp.train.checkpoint_every,
+                steps=frozenset(keep_steps))
+
+
+class _Guard:
+    """The non-finite check: each step's flag is read one step late (or at once before hooks).
+    on_nan='stop' raises; 'skip' records the skip and raises after max_skips in a row."""
+
+    def __init__(self, loop: Loop):
+        self.loop = loop
+        self.pending: tuple[int, dict[str, jax.Array]] | None = None
+        self.skips = 0
+
+    def push(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        self.flush()
+        self.pending = (step, metrics)
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            step, metrics = self.pending
+            self.pending = None
+            self._check(step, metrics)
+
+    def _check(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        if bool(metrics["finite"]):
+            self.skips = 0
+            return
+        loop, cfg = self.loop, self.loop.exp.train
+        loss, gnorm = float(metrics["loss"]), float(metrics["grad_norm"])
+        if math.isfinite(loss) and math.isfinite(gnorm):  # the update itself overflowed
+            what = f"non-finite parameters or optimizer state after the update at step {step} " \
+                   f"(loss={loss}, grad_norm={gnorm} were finite)"
+        else:
+            what = f"non-finite loss or gradient at step {step} (loss={loss}, grad_norm={gnorm})"
+        if cfg.on_nan == "skip":
+            self.skips += 1
+            loop.writer.write({"kind": "skip", "step": step, "loss": loss, "grad_norm": gnorm})
+            loop.bar.log(f"step {step}: {what}; update skipped ({self.skips} in a row)")
+            if self.skips < cfg.max_skips:
+                return
+            what = f"{cfg.max_skips} consecutive skipped updates (max_skips), the last {what}"
+        loop.ckpt.wait()
+        good = loop.ckpt.latest_step()
+        where = (f"last good checkpoint: step {good} in {loop.ckpt.directory}" if good is not None
+                 else "no checkpoint was saved")
+        raise TrainingDiverged(f"{what}; stopped, {where}")
+
+
+def run_loop(loop: Loop, hooks: Sequence[Hook], stop: _StopFlag) -> bool:
+    """Steps until the last step or a stop signal, calling the due hooks; True when preempted."""
+    compiled = compile_train_step(loop.setup, loop.exp)
+    guard = _Guard(loop)
+    for hook in hooks:
+        if hook.start is not None:
+            hook.start(loop)
+    if any(0 in h.steps for h in hooks) and loop.step == 0:
+        loop.save()  # log-spaced checkpoints start at step 0
+    batch_size = loop.exp.data.batch_size
+    while loop.step < loop.steps and not loop.stopped:
+        if _should_stop(stop, loop.process_count, loop.step, loop.exp.train.log_every):
+            break
+        batch = _global_batch(next(loop.train_iter), loop.setup.batch_sharding, batch_size)
+        loop.state, metrics = compiled(loop.state, batch)
+        loop.step += 1
+        guard.push(loop.step, metrics)  # checks the previous step: this one is queued already
+        due = [h for h in hooks if not h.after_save and h.due(loop)]
+        if not due:
+            continue
+        guard.flush()
+        loop.metrics = metrics
+        for hook in due:
+            hook.fn(loop)
+        for hook in hooks:
+            if hook.after_save and hook.due(loop):
+                hook.fn(loop)
+    guard.flush()
+    preempted = loop.step < loop.steps
+    if preempted:
+        if loop.step > 0:
+            # No after-save hooks: a preempted run must exit fast; the resumed run catches up.
+            loop.save()  # no-op when this step's checkpoint exists (e.g. just restored)
+            loop.bar.log(f"received signal {stop.signum}: saved checkpoint at step {loop.step}, "
+                         "exiting")
+        else:
+            loop.bar.log(f"received signal {stop.signum} before the first step, exiting")
+    return preempted
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train(exp: Experiment | Any, workdir: str, *, hooks: Sequence[Callable[[Loop], Hook | None]]
+          = (), allow_changes: Sequence[str] = (), argv: list[str] | None = None,
           return_state: bool = False, progress: bool = True,
           devices: list[Any] | None = None) -> TrainResult:
-    """Trains `config` in `workdir`, resuming from its latest complete checkpoint if any.
+    """Trains `exp` (an Experiment, or a ConfigDict parsed here) in `workdir`, resuming from its
+    newest checkpoint that restores.
 
-    `devices`: run on these devices only (default all; e.g. jax.devices()[:1] for a
-    single-device reference run in a multi-device process). `progress=False` silences the
-    log lines / bar (metrics.jsonl is written either way).
+    `hooks`: factories `f(loop) -> Hook | None` added after logging, eval and checkpointing.
+    `allow_changes`: config fields that may differ from the run's saved config on resume.
+    `devices`: run on these devices only (default all). `progress=False` silences log lines.
 
-    Raises UserError for a bad config (before writing anything), TrainingDiverged on NaN/Inf
-    with on_nan='stop'. SIGTERM/SIGINT: saves a checkpoint and returns with preempted=True.
+    Raises UserError for bad input (before writing anything), TrainingDiverged on non-finite
+    values. SIGTERM/SIGINT: saves a checkpoint and returns with preempted=True.
     """
+    if not isinstance(exp, Experiment):
+        exp = parse_experiment(exp)
     with _StopFlag() as stop:  # from the start: a signal during start-up still exits cleanly
-        return _run(config, workdir, stop, argv=argv, return_state=return_state,
-                    progress=progress, devices=devices)
+        distributed.initialize(exp.train.distributed)
+        n_devices = jax.device_count() if devices is None else len(devices)
+        exp.check_devices(n_devices, jax.process_count())
+        run = RunDir(rundir.check_dir_path(workdir))
+        if exp.train.probe_checkpoints and not hooks:
+            raise UserError("probe_checkpoints=True needs the probe hook: train with "
+                            "`llmjax train` or llmjax.run.train")
+        primary = jax.process_index() == 0
+        say = print if progress else None
+        with run.lock(say) if primary else contextlib.nullcontext():
+            return _train(exp, run, stop, hooks=hooks, allow_changes=allow_changes, argv=argv,
+                          return_state=return_state, progress=progress, devices=devices)
 
 
-def _run(config: ConfigDict, workdir: str, stop: _StopFlag, *, argv: list[str] | None,
-         return_state: bool, progress: bool, devices: list[Any] | None) -> TrainResult:
-    from llmjax.data.pipeline import make_eval_batches, make_train_iterator
-    from llmjax.model.flops import flops_per_token
+def _check_resume(exp: Experiment, run: RunDir, allow: Sequence[str]) -> dict[str, Any]:
+    saved = run.saved_config()
+    if saved is None:
+        return {}
+    return rundir.check_config_unchanged(saved, exp.source, allow, where=f"--workdir={run.path}")
 
-    initialize_distributed(config)
+
+def _train(exp: Experiment, run: RunDir, stop: _StopFlag, *, hooks: Sequence[Any],
+           allow_changes: Sequence[str], argv: list[str] | None, return_state: bool,
+           progress: bool, devices: list[Any] | None) -> TrainResult:
     n_proc, proc = jax.process_count(), jax.process_index()
-    n_devices = jax.device_count() if devices is None else len(devices)
-    config_lib.validate(config, n_devices, n_proc)
     primary = proc == 0
-    tokenizer = get_tokenizer_for(config)
-    setup = build(config, tokenizer, devices)  # may raise UserError: still nothing written
-    steps, batch_size, seq_len = setup.steps, config.data.batch_size, config.data.seq_len
-    workdir = os.path.abspath(workdir)
-
-    keep_steps = log_spaced_steps(steps) if config.log_spaced_checkpoints else []
+    changes = _check_resume(exp, run, allow_changes)
+    tokenizer = get_data_tokenizer(exp.data)  # prepares the dataset (in the data dir) if needed
+    check_train_steps(exp.data, tokenizer, exp.steps)  # finite data (num_epochs) suffices
+    setup = build(exp, tokenizer, devices)  # may raise UserError: still nothing written
+    say = print if progress and primary else (lambda *_: None)
+    keep_steps = log_spaced_steps(setup.steps) if exp.train.log_spaced_checkpoints else []
+    run.create()
     if primary:
-        removed = remove_incomplete(os.path.join(workdir, CHECKPOINT_DIR))
-        if removed and progress:
-            print(f"ignored incomplete checkpoint(s) {', '.join(removed)}", flush=True)
+        removed = remove_incomplete(run.checkpoints_dir)
+        if removed:
+            say(f"ignored incomplete checkpoint(s) {', '.join(removed)}")
     if n_proc > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("llmjax: incomplete checkpoints removed")
-    ckpt = Checkpointer(workdir, keep_last=config.keep_checkpoints, keep_every=config.keep_every,
-                        keep_steps=keep_steps)
-    resume_step = ckpt.latest_step()
-
+    ckpt = Checkpointer(run.path, keep_last=exp.train.keep_checkpoints,
+                        keep_every=exp.train.keep_every, keep_steps=keep_steps)
     train_iter = make_train_iterator(setup.data_cfg, tokenizer, process_index=proc,
                                      process_count=n_proc)
-    if resume_step is not None:
-        restored, data_state, _ = ckpt.restore(resume_step, setup.abstract_state.as_dict())
-        state = TrainState.from_dict(restored)
+    restored = ckpt.restore_latest(setup.abstract_state.as_dict(), say=say)
+    if restored is not None:
+        resume_step, state_dict, data_state, _ = restored
+        state = TrainState.from_dict(state_dict)
         train_iter.set_state(data_state)
     else:
-        state = setup.init_fn()
-    start_step = resume_step or 0
-
+        resume_step, state = None, setup.init_fn()
     if primary:
-        _write_run_files(workdir, config, resume_step, tokenizer, argv, setup.mesh)
-    writer = MetricsWriter(workdir, resume_step=start_step, tensorboard=bool(config.tensorboard),
-                           enabled=primary)
-    bar = Progress(steps, start_step, enabled=primary and progress)
+        _write_run_files(run, exp, resume_step, tokenizer, argv, setup.mesh, changes)
+        run.write_status(Status.RUNNING, pid=os.getpid(), host=socket.gethostname(),
+                         steps=setup.steps, step=resume_step or 0)
+    writer = MetricsWriter(run.path, resume_step=resume_step or 0,
+                           tensorboard=exp.train.tensorboard, enabled=primary)
+    bar = Progress(setup.steps, resume_step or 0, enabled=primary and progress)
     if resume_step is not None:
         bar.log(f"resumed from checkpoint at step {resume_step}")
-
-    compiled = compile_train_step(setup, config)
-    eval_batches = []
-    if config.eval_every > 0:
-        eval_batches = [_global_batch(b, setup.batch_sharding, batch_size)
-                        for b in make_eval_batches(setup.data_cfg, tokenizer, config.eval_batches,
-                                                   process_index=proc, process_count=n_proc)]
-    flops_tok = flops_per_token(setup.model_cfg, seq_len).training
-    peak = mfu_lib.device_peak(list(setup.mesh.devices.flat))
-    tokens_per_step = batch_size * seq_len
-
-    def evaluate(params: Any) -> dict[str, float]:
-        sums = None
-        with jax.set_mesh(setup.mesh):
-            for b in eval_batches:
-                out = setup.eval_step(params, b)
-                sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-        host = {k: float(v) for k, v in jax.device_get(sums).items()}
-        return summarize_eval(host)
-
-    last_saved = resume_step
-    last_train: dict[str, Any] | None = None
-    last_eval: dict[str, Any] | None = None
-
-    def save(step: int) -> bool:
-        """Async checkpoint of `state` at `step`; False when that step is already saved."""
-        nonlocal last_saved
-        if last_saved == step:
-            return False
-        ckpt.save(step, state.as_dict(), train_iter.get_state(),
-                  {"step": step, "tokens": step * tokens_per_step})
-        last_saved = step
-        return True
-
-    probe_on = bool(config.get("probe_checkpoints", False))
-    probe_tasks = config_lib.probe_task_names(config)
-
-    def probe(step: int, tasks: list[str] | None) -> None:
-        """The probe suite on state.params (read only) -> probes.jsonl, cost -> metrics.jsonl."""
-        from llmjax.eval.probe import probe_params
-
-        t0 = time.perf_counter()
-        params = state.params
-        if n_proc > 1:  # a collective: every process takes part, process 0 alone probes
-            params = _gather_to_host(params)
-        records = []
-        if primary:
-            records = probe_params(workdir, config, tokenizer, params, step,
-                                   tokens=step * tokens_per_step, tasks=tasks)
-        seconds = time.perf_counter() - t0
-        writer.write({"kind": "probe", "step": step, "seconds": seconds,
-                      "records": len(records)})
-        bar.log(f"probe step {step} | {len(records)} records | {seconds:.1f}s")
-
-    def save_and_probe(step: int) -> None:
-        if save(step) and probe_on:
-            probe(step, probe_tasks)
-
-    def check(step: int, metrics: dict[str, jax.Array]) -> None:
-        """Host-side NaN/Inf check of one step's metrics (blocks until that step is done)."""
-        if bool(metrics["finite"]):
-            return
-        loss, gnorm = float(metrics["loss"]), float(metrics["grad_norm"])
-        if config.on_nan == "skip":
-            writer.write({"kind": "skip", "step": step, "loss": loss, "grad_norm": gnorm})
-            bar.log(f"step {step}: non-finite loss {loss} / grad_norm {gnorm}; update skipped")
-            return
-        ckpt.wait()
-        good = ckpt.latest_step()
-        where = (f"last good checkpoint: step {good} in {ckpt.directory}" if good is not None
-                 else "no checkpoint was saved")
-        raise TrainingDiverged(f"non-finite loss or gradient at step {step} (loss={loss}, "
-                               f"grad_norm={gnorm}); stopped, {where}")
-
-    step = start_step
-    pending: tuple[int, dict[str, jax.Array]] | None = None
-    t_last, step_last = time.perf_counter(), step
+    loop = Loop(exp=exp, run=run, setup=setup, ckpt=ckpt, train_iter=train_iter, writer=writer,
+                bar=bar, state=state, step=resume_step or 0, steps=setup.steps,
+                resumed_from=resume_step, process_index=proc, process_count=n_proc,
+                saved_step=resume_step)
+    standard = [log_hook(loop), eval_hook(loop), checkpoint_hook(loop, keep_steps)]
+    all_hooks = [h for h in standard + [make(loop) for make in hooks] if h is not None]
+    status = Status.FAILED
     try:
-        if probe_on and resume_step is not None:
-            # Killed between a save and its probe, or preempted: fill in what the step lacks.
-            missing = (_missing_probes(workdir, config, resume_step, probe_tasks) if primary
-                       else [])
-            if _decided_by_process_0(bool(missing), n_proc):
-                probe(resume_step, missing)
-        if config.log_spaced_checkpoints and step == 0 and 0 in keep_steps:
-            save_and_probe(0)
-        while step < steps:
-            if _should_stop(stop, n_proc, step, config.log_every):
-                break
-            batch = _global_batch(next(train_iter), setup.batch_sharding, batch_size)
-            state, metrics = compiled(state, batch)
-            step += 1
-            if pending is not None:
-                check(*pending)  # the previous step; this one is already queued
-            pending = (step, metrics)
-            last = step == steps
-            log_now = step % config.log_every == 0 or last
-            eval_now = bool(eval_batches) and (step % config.eval_every == 0 or last)
-            save_now = (last or (config.checkpoint_every > 0
-                                 and step % config.checkpoint_every == 0)
-                        or step in keep_steps)
-            if not (log_now or eval_now or save_now):
-                continue
-            check(*pending)
-            pending = None
-            if log_now:
-                m = jax.device_get(metrics)
-                now = time.perf_counter()
-                tok_s = (step - step_last) * tokens_per_step / max(now - t_last, 1e-9)
-                flops_s, util = mfu_lib.mfu(flops_tok, tok_s, peak)
-                last_train = {"kind": "train", "step": step, "loss": float(m["loss"]),
-                              "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"]),
-                              "tokens": step * tokens_per_step, "tokens_per_s": tok_s,
-                              "flops_per_s": flops_s, "mfu": util, "time": time.time()}
-                if config.z_loss > 0:
-                    last_train["z_loss"] = float(m["z_loss"])
-                writer.write(last_train)
-                bar.log(format_train(last_train, steps, bar.eta(step), peak.label))
-                bar.update(step, last_train)
-            if eval_now:
-                last_eval = {"kind": "eval", "step": step, **evaluate(state.params),
-                             "tokens": step * tokens_per_step}
-                writer.write(last_eval)
-                bar.log(format_eval(last_eval))
-            if save_now:
-                save_and_probe(step)
-            t_last, step_last = time.perf_counter(), step
-        if pending is not None:
-            check(*pending)
-        preempted = step < steps
-        if preempted:
-            if step > 0:
-                # Not probed: a preempted run must exit fast; the resumed run probes this step.
-                save(step)  # no-op when this step's checkpoint exists (e.g. just restored)
-                bar.log(f"received signal {stop.signum}: saved checkpoint at step {step}, exiting")
-            else:
-                bar.log(f"received signal {stop.signum} before the first step, exiting")
+        preempted = run_loop(loop, all_hooks, stop)
+        status = Status.INTERRUPTED if preempted else Status.COMPLETE
     finally:
         bar.close()
-        ckpt.close()  # waits for async saves
+        ckpt.close()  # waits for async saves: `complete` is written after the last one landed
         writer.close()
-    return TrainResult(workdir=workdir, step=step, total_steps=steps, preempted=preempted,
-                       resumed_from=resume_step, last_train=last_train, last_eval=last_eval,
-                       state=state if return_state else None)
+        if primary:
+            run.write_status(status, step=loop.step, steps=setup.steps, pid=None)
+    return TrainResult(workdir=run.path, step=loop.step, total_steps=setup.steps,
+                       preempted=preempted, resumed_from=resume_step, last_train=loop.last_train,
+                       last_eval=loop.last_eval, state=loop.state if return_state else None)
 
 
-def _gather_to_host(tree: Any) -> Any:
-    """Full numpy copies of a pytree of global arrays on every process (a collective)."""
-    from jax.experimental import multihost_utils
-
-    return jax.tree.map(lambda x: np.asarray(x) if x.is_fully_addressable
-                        else multihost_utils.process_allgather(x), tree)
-
-
-def _missing_probes(workdir: str, config: ConfigDict, step: int,
-                    tasks: list[str] | None) -> list[str]:
-    """Probes of the training suite (restricted to `tasks`) with no record at `step` yet."""
-    from llmjax.eval.probe import read_probes, resolve_evals
-
-    wanted = list(resolve_evals(config.get("evals"), tasks))
-    done = {r.get("task") for r in read_probes(workdir) if r.get("step") == step}
-    return [t for t in wanted if t not in done]
-
-
-def _decided_by_process_0(flag: bool, n_proc: int) -> bool:
-    """Process 0's `flag` on every process (it alone reads the run's files)."""
-    if n_proc == 1:
-        return flag
-    from jax.experimental import multihost_utils
-
-    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+def initialize_distributed(exp: Experiment) -> None:
+    """jax.distributed for `exp` (see llmjax.distributed)."""
+    distributed.initialize(exp.train.distributed)
 
 
 def _should_stop(stop: _StopFlag, n_proc: int, step: int, log_every: int) -> bool:
@@ -597,11 +619,11 @@ def _should_stop(stop: _StopFlag, n_proc: int, step: int, log_every: int) -> boo
         return stop.signum is not None
     if step % log_every:
         return False
-    from jax.experimental import multihost_utils
+    from jax.experimental import multihost_utils  # noqa: PLC0415 - multi-process only
 
     flags = multihost_utils.process_allgather(np.int32(stop.signum is not None))
     return bool(np.max(flags))
 
 
-__all__ = ["TrainResult", "TrainingDiverged", "build", "compile_train_step", "train",
-           "initialize_distributed", "model_config_for", "data_config_for"]
+__all__ = ["Hook", "Loop", "Setup", "TrainResult", "TrainingDiverged", "build",
+           "compile_train_step", "initialize_distributed", "train"]

@@ -19,14 +19,13 @@ import sys
 import time
 from typing import Any, TextIO
 
-from llmjax.jsonl import read_jsonl
-
-METRICS_FILE = "metrics.jsonl"
+from llmjax import rundir
+from llmjax.rundir import read_jsonl
 
 
 def read_metrics(workdir: str, kind: str | None = None) -> list[dict[str, Any]]:
     """Records of `<workdir>/metrics.jsonl` (optionally one `kind` only); skips a torn line."""
-    records = read_jsonl(os.path.join(workdir, METRICS_FILE))
+    records = read_jsonl(rundir.RunDir(workdir).metrics_path)
     return [r for r in records if kind is None or r.get("kind") == kind]
 
 
@@ -48,7 +47,7 @@ class MetricsWriter:
     def __init__(self, workdir: str, *, resume_step: int | None = None, tensorboard: bool = True,
                  enabled: bool = True):
         self.enabled = enabled
-        self.path = os.path.join(workdir, METRICS_FILE)
+        self.path = rundir.RunDir(workdir).metrics_path
         self._file: TextIO | None = None
         self._tb = None
         if not enabled:
@@ -61,17 +60,14 @@ class MetricsWriter:
             except ImportError:
                 SummaryWriter = None
             if SummaryWriter is not None:
-                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+                self._tb = SummaryWriter(rundir.RunDir(workdir).tensorboard_dir, flush_secs=30)
 
     def _truncate(self, resume_step: int | None) -> None:
         if not os.path.exists(self.path):
             return
         keep = [json.dumps(rec) + "\n" for rec in read_jsonl(self.path)
                 if resume_step is None or rec.get("step", 0) <= resume_step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, self.path)
+        rundir.atomic_write(self.path, "".join(keep))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled or self._file is None:

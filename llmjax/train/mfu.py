@@ -2,8 +2,10 @@
 
 achieved FLOP/s = training FLOPs per token (6N + attention, `llmjax.model.flops`) x tokens/s.
 Peaks are dense bf16 tensor-core numbers from vendor datasheets, per chip. On CPU there is no
-datasheet number, so a float32 matrix-multiply probe measures one (a few hundred ms), cached in
-`~/.cache/llmjax/cpu_peak.json` keyed by CPU model and core count, and labelled as measured.
+datasheet number, so a float32 matrix-multiply probe measures one (a few hundred ms), labelled
+as measured. It is remembered for the process, and across processes only where the user says so:
+in `$LLMJAX_CACHE_DIR/cpu_peak.json` (keyed by CPU model and core count) when that variable is
+set — `make demo` sets it to the demo's own directory. Nothing is written to $HOME.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import json
 import os
 import platform
 import time
+
+from llmjax import rundir
 
 # (substring of jax Device.device_kind, lower-cased) -> dense bf16 peak FLOP/s per device.
 # Most specific first: the first match wins.
@@ -62,9 +66,13 @@ def lookup_peak(device_kind: str) -> float | None:
     return None
 
 
-def _cache_path() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "llmjax", "cpu_peak.json")
+CACHE_ENV = "LLMJAX_CACHE_DIR"
+_MEASURED: dict[str, float] = {}  # this process's measurements, by CPU key
+
+
+def _cache_path() -> str | None:
+    base = os.environ.get(CACHE_ENV)
+    return os.path.join(base, "cpu_peak.json") if base else None
 
 
 def _cpu_model() -> str:
@@ -108,10 +116,13 @@ def measure_cpu_peak(size: int = 1024, min_seconds: float = 0.5) -> float:
 
 
 def cpu_peak(use_cache: bool = True) -> float:
-    """Measured CPU peak FLOP/s, from the cache when this CPU was measured before."""
+    """Measured CPU peak FLOP/s, remembered for the process and (with $LLMJAX_CACHE_DIR) in
+    that directory."""
     path, key = _cache_path(), _cpu_key()
+    if use_cache and key in _MEASURED:
+        return _MEASURED[key]
     cache: dict = {}
-    if use_cache and os.path.exists(path):
+    if use_cache and path is not None and os.path.exists(path):
         try:
             with open(path) as f:
                 cache = json.load(f)
@@ -120,13 +131,12 @@ def cpu_peak(use_cache: bool = True) -> float:
         except (OSError, ValueError):
             cache = {}
     flops = measure_cpu_peak()
+    _MEASURED[key] = flops
+    if path is None:
+        return flops
     cache[key] = flops
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(cache, f, indent=1)
-        os.replace(tmp, path)  # atomic: concurrent runs never read half a file
+        rundir.atomic_write_json(path, cache)  # concurrent runs never read half a file
     except OSError:
         pass
     return flops
