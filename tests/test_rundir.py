@@ -203,3 +203,36 @@ def test_config_changes_and_fingerprint():
     rundir.check_config_unchanged(a, b, ["optimizer", "new"], where="x")  # section prefix
     with pytest.raises(UserError, match="optimizer.lr"):
         rundir.check_config_unchanged(a, b, ["new"], where="x")
+
+
+def test_probing_a_workdir_another_process_holds_is_refused(trained):
+    from llmjax.eval.probe import run_probes
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, trained], stdout=subprocess.PIPE,
+                              text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=f"in use by pid {holder.pid}"):
+            run_probes(trained, tasks=["perplexity"])
+        assert not os.path.exists(os.path.join(trained, rundir.PROBES))
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_training_writes_nothing_outside_the_workdir_and_data_dir(tmp_path):
+    """HOME and the working directory stay empty: no cache in ~/.cache, nothing beside the run."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("LLMJAX_CACHE_DIR", "XDG_CACHE_HOME",
+                                                             "TFDS_DATA_DIR")}
+    env.update(HOME=str(home), PYTHONPATH=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmjax", "train", f"--config={TINY}:steps=2",
+         f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={tmp_path / 'data'}",
+         "--config.eval_every=0"],
+        capture_output=True, text=True, cwd=cwd, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert list(home.iterdir()) == [] and list(cwd.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "data", "home", "run"]
