@@ -33,6 +33,7 @@ from ml_collections import config_dict
 
 from llmjax import fields
 from llmjax.data.pipeline import DataConfig
+from llmjax.data.synthetic import default_knobs
 from llmjax.errors import UserError
 from llmjax.eval.suite import resolve_evals
 from llmjax.model import ModelConfig
@@ -427,7 +428,7 @@ def parse_experiment(config: ConfigDict | Mapping[str, Any], num_devices: int | 
     if data.batch_size % train.microbatches:
         raise UserError(f"microbatches={train.microbatches} does not divide data.batch_size="
                         f"{data.batch_size}; allowed: divisors of {data.batch_size}")
-    source = canonical_config(json.loads(json.dumps(config, default=_jsonable)))
+    source = _source(train, model, data, optimizer, mesh, vocab_from_tokenizer)
     exp = Experiment(model=model, data=data, optimizer=optimizer, train=train, mesh=mesh,
                      vocab_from_tokenizer=vocab_from_tokenizer, source=source)
     if num_devices is not None:
@@ -440,12 +441,30 @@ def parse_experiment(config: ConfigDict | Mapping[str, Any], num_devices: int | 
     return exp
 
 
-def _jsonable(x: Any) -> Any:
-    if hasattr(x, "to_dict"):
-        return x.to_dict()
-    if isinstance(x, tuple):
-        return list(x)
-    return str(x)
+def _source(train: TrainConfig, model: ModelConfig, data: DataConfig,
+            optimizer: OptimizerConfig, mesh: MeshConfig, vocab_from_tokenizer: bool
+            ) -> dict[str, Any]:
+    """The complete canonical config: every field of every section, defaults filled in (so a
+    config.json written before a field existed compares equal when it takes its default), the
+    synthetic knobs in full, vocab_size 0 kept when it comes from the tokenizer."""
+    out = dataclasses.asdict(train)
+    out["model"] = dataclasses.asdict(model)
+    if vocab_from_tokenizer:
+        out["model"]["vocab_size"] = 0
+    out["data"] = dataclasses.asdict(data)
+    out["data"]["synthetic"] = {**default_knobs(), **dict(data.synthetic)}
+    out["optimizer"] = dataclasses.asdict(optimizer)
+    out["mesh"] = dataclasses.asdict(mesh)
+    return canonical_config(out)
+
+
+def saved_source(saved: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """A run's saved config.json in the canonical form `Experiment.source` has (what resume and
+    the sweep compare against); UserError naming `path` when it no longer parses."""
+    try:
+        return parse_experiment(saved).source
+    except UserError as e:
+        raise UserError(f"{path}: the run's saved config does not parse: {e}") from None
 
 
 def load_experiment(spec: str, overrides: Sequence[str] = (), num_devices: int | None = None,

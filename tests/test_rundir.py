@@ -236,3 +236,21 @@ def test_training_writes_nothing_outside_the_workdir_and_data_dir(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert list(home.iterdir()) == [] and list(cwd.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "data", "home", "run"]
+
+
+def test_a_run_saved_before_a_field_existed_resumes_with_that_fields_default(trained, tmp_path,
+                                                                             data_dir):
+    """config.json of an older llmjax lacks fields added since (here max_skips) and holds only
+    the synthetic knobs it set: equal to the requested config once defaults are filled in."""
+    import shutil
+
+    workdir = str(tmp_path / "old")
+    shutil.copytree(trained, workdir)
+    path = os.path.join(workdir, rundir.CONFIG)
+    saved = json.load(open(path))
+    del saved["max_skips"]
+    saved["data"]["synthetic"] = {k: v for k, v in saved["data"]["synthetic"].items()
+                                  if k in ("num_train_docs", "num_validation_docs")}
+    rundir.atomic_write_json(path, saved)
+    result = train(_tiny(data_dir), workdir, progress=False)
+    assert result.resumed_from == 6 and result.step == 6

@@ -163,3 +163,15 @@ def test_a_bad_probe_suite_fails_validation_before_any_training(evals, needle):
     with pytest.raises(UserError) as e:
         parse_experiment(config, num_devices=1)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_log_spaced_checkpoints_probe_the_initial_parameters_too(data_dir, tmp_path):
+    """Step 0 is saved before the first update; its probe is the baseline of every curve."""
+    workdir = str(tmp_path / "run")
+    config = load_config(f"{TINY}:steps=4", [
+        f"data.data_dir={data_dir}", "checkpoint_every=0", "eval_every=0", "log_every=2",
+        "tensorboard=False", "log_spaced_checkpoints=True", "probe_checkpoints=True",
+        "probe_tasks=icl"])
+    train(config, workdir, progress=False, devices=jax.devices()[:1])
+    steps = sorted({r["step"] for r in probe.read_probes(workdir)})
+    assert steps == [0, 1, 2, 4]

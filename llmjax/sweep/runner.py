@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
 from llmjax import rundir
-from llmjax.config import parse_experiment
+from llmjax.config import parse_experiment, saved_source
 from llmjax.errors import UserError
 from llmjax.rundir import RunDir, Status
 from llmjax.rundir import atomic_write_json as write_json
@@ -340,8 +340,8 @@ class SweepRunner:
             status = RunDir(path).read_status()
             if status["status"] == Status.RUNNING and not _pid_alive(status.get("pid"), path):
                 out[p.name] = Status.INTERRUPTED.value  # its sweep (or its child) was killed
-            elif p.name in self.changed:
-                out[p.name] = Status.PENDING.value  # an allowed change: train it again
+            elif status["status"] == Status.COMPLETE and p.name in self.changed:
+                out[p.name] = Status.PENDING.value  # complete under its old config: run again
             else:
                 out[p.name] = status["status"]
         return out
@@ -385,8 +385,8 @@ class SweepRunner:
             run = RunDir(run_dir(self.workdir, p.name))
             saved = run.saved_config()
             if saved is not None and rundir.check_config_unchanged(
-                    saved, parse_experiment(p.config).source, self.allow_changes,
-                    where=f"sweep point {p.name!r}"):
+                    saved_source(saved, run.config_path), parse_experiment(p.config).source,
+                    self.allow_changes, where=f"sweep point {p.name!r}"):
                 changed.add(p.name)
         return changed
 
@@ -478,9 +478,13 @@ class SweepRunner:
              + time.monotonic() - child.start,
              "cpu_time_s": float(child.status.get("cpu_time_s") or 0.0)
              + rusage.ru_utime + rusage.ru_stime,
-             "step": last_train_step(child.path)[0]}
+             }
+        step = last_train_step(child.path)[0]
+        if step is not None:
+            s["step"] = step
+        self.changed.discard(child.point.name)  # it ran under the new config now
         # The training loop wrote how the run ended; the runner only adds what it saw.
-        if rc == 0 and run.is_complete():
+        if run.is_complete():  # even if the process then died in teardown: the run is done
             status = Status.COMPLETE
             s.update(error=None, error_tail=None)
         elif rc == 0 or (rc < 0 and self.stop_signal is not None):

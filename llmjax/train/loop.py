@@ -43,7 +43,7 @@ import optax
 from flax import nnx
 
 from llmjax import distributed, rundir
-from llmjax.config import Experiment, parse_experiment
+from llmjax.config import Experiment, parse_experiment, saved_source
 from llmjax.data.pipeline import (
     check_train_steps,
     get_data_tokenizer,
@@ -473,7 +473,10 @@ def run_loop(loop: Loop, hooks: Sequence[Hook], stop: _StopFlag) -> bool:
         if hook.start is not None:
             hook.start(loop)
     if any(0 in h.steps for h in hooks) and loop.step == 0:
-        loop.save()  # log-spaced checkpoints start at step 0
+        loop.save()  # log-spaced checkpoints start at step 0 (and their probes with them)
+        for hook in hooks:
+            if hook.after_save and hook.due(loop):
+                hook.fn(loop)
     batch_size = loop.exp.data.batch_size
     while loop.step < loop.steps and not loop.stopped:
         if _should_stop(stop, loop.process_count, loop.step, loop.exp.train.log_every):
@@ -532,29 +535,53 @@ def train(exp: Experiment | Any, workdir: str, *, hooks: Sequence[Callable[[Loop
         if exp.train.probe_checkpoints and not hooks:
             raise UserError("probe_checkpoints=True needs the probe hook: train with "
                             "`llmjax train` or llmjax.run.train")
-        primary = jax.process_index() == 0
-        say = print if progress else None
-        with run.lock(say) if primary else contextlib.nullcontext():
-            return _train(exp, run, stop, hooks=hooks, allow_changes=allow_changes, argv=argv,
-                          return_state=return_state, progress=progress, devices=devices)
+        # Everything that can refuse the run before the workdir is touched (the data dir may be
+        # written: the dataset is prepared there if needed).
+        tokenizer = get_data_tokenizer(exp.data)
+        check_train_steps(exp.data, tokenizer, exp.steps)  # finite data (num_epochs) suffices
+        setup = build(exp, tokenizer, devices)
+        with _hold_run(run, print if progress else None):
+            return _train(exp, run, setup, stop, hooks=hooks, allow_changes=allow_changes,
+                          argv=argv, return_state=return_state, progress=progress)
+
+
+@contextlib.contextmanager
+def _hold_run(run: RunDir, say: Callable[[str], Any] | None) -> Any:
+    """Process 0 holds the run's lock; every process learns whether it got it, so a refused
+    lock stops them all with the same one-line error instead of leaving the others waiting."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if jax.process_index() == 0:
+            try:
+                stack.enter_context(run.lock(say))
+            except UserError as e:
+                error = e
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # noqa: PLC0415 - multi-process only
+
+            if multihost_utils.broadcast_one_to_all(np.int32(error is not None)):
+                raise error or UserError(f"{run.path}: process 0 could not take the run's lock "
+                                         "(see its log)")
+        elif error is not None:
+            raise error
+        yield
 
 
 def _check_resume(exp: Experiment, run: RunDir, allow: Sequence[str]) -> dict[str, Any]:
     saved = run.saved_config()
     if saved is None:
         return {}
-    return rundir.check_config_unchanged(saved, exp.source, allow, where=f"--workdir={run.path}")
+    return rundir.check_config_unchanged(saved_source(saved, run.config_path), exp.source, allow,
+                                         where=f"--workdir={run.path}")
 
 
-def _train(exp: Experiment, run: RunDir, stop: _StopFlag, *, hooks: Sequence[Any],
+def _train(exp: Experiment, run: RunDir, setup: Setup, stop: _StopFlag, *, hooks: Sequence[Any],
            allow_changes: Sequence[str], argv: list[str] | None, return_state: bool,
-           progress: bool, devices: list[Any] | None) -> TrainResult:
+           progress: bool) -> TrainResult:
     n_proc, proc = jax.process_count(), jax.process_index()
     primary = proc == 0
+    tokenizer = setup.tokenizer
     changes = _check_resume(exp, run, allow_changes)
-    tokenizer = get_data_tokenizer(exp.data)  # prepares the dataset (in the data dir) if needed
-    check_train_steps(exp.data, tokenizer, exp.steps)  # finite data (num_epochs) suffices
-    setup = build(exp, tokenizer, devices)  # may raise UserError: still nothing written
     say = print if progress and primary else (lambda *_: None)
     keep_steps = log_spaced_steps(setup.steps) if exp.train.log_spaced_checkpoints else []
     run.create()
@@ -579,29 +606,35 @@ def _train(exp: Experiment, run: RunDir, stop: _StopFlag, *, hooks: Sequence[Any
         resume_step, state = None, setup.init_fn()
     if primary:
         _write_run_files(run, exp, resume_step, tokenizer, argv, setup.mesh, changes)
-        run.write_status(Status.RUNNING, pid=os.getpid(), host=socket.gethostname(),
-                         steps=setup.steps, step=resume_step or 0)
     writer = MetricsWriter(run.path, resume_step=resume_step or 0,
                            tensorboard=exp.train.tensorboard, enabled=primary)
     bar = Progress(setup.steps, resume_step or 0, enabled=primary and progress)
-    if resume_step is not None:
-        bar.log(f"resumed from checkpoint at step {resume_step}")
     loop = Loop(exp=exp, run=run, setup=setup, ckpt=ckpt, train_iter=train_iter, writer=writer,
                 bar=bar, state=state, step=resume_step or 0, steps=setup.steps,
                 resumed_from=resume_step, process_index=proc, process_count=n_proc,
                 saved_step=resume_step)
-    standard = [log_hook(loop), eval_hook(loop), checkpoint_hook(loop, keep_steps)]
-    all_hooks = [h for h in standard + [make(loop) for make in hooks] if h is not None]
-    status = Status.FAILED
+    status, preempted = Status.FAILED, False
     try:
+        if primary:
+            run.write_status(Status.RUNNING, pid=os.getpid(), host=socket.gethostname(),
+                             steps=setup.steps, step=loop.step)
+        if resume_step is not None:
+            bar.log(f"resumed from checkpoint at step {resume_step}")
+        standard = [log_hook(loop), eval_hook(loop), checkpoint_hook(loop, keep_steps)]
+        all_hooks = [h for h in standard + [make(loop) for make in hooks] if h is not None]
         preempted = run_loop(loop, all_hooks, stop)
         status = Status.INTERRUPTED if preempted else Status.COMPLETE
     finally:
-        bar.close()
-        ckpt.close()  # waits for async saves: `complete` is written after the last one landed
-        writer.close()
-        if primary:
-            run.write_status(status, step=loop.step, steps=setup.steps, pid=None)
+        try:
+            bar.close()
+            ckpt.close()  # waits for async saves: `complete` is written after the last landed
+            writer.close()
+        except BaseException:
+            status = Status.FAILED  # an async save failed: the last checkpoint is not there
+            raise
+        finally:
+            if primary:
+                run.write_status(status, step=loop.step, steps=setup.steps, pid=None)
     return TrainResult(workdir=run.path, step=loop.step, total_steps=setup.steps,
                        preempted=preempted, resumed_from=resume_step, last_train=loop.last_train,
                        last_eval=loop.last_eval, state=loop.state if return_state else None)
