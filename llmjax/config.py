@@ -14,8 +14,9 @@ with four sections plus top-level training keys:
 command line can set any of them); config files start from it. `parse_experiment(config)` is the
 one checker: it turns the ConfigDict into an `Experiment` of typed, frozen sections, naming the
 first bad field (`optimizer.lr=nan: must be a finite number`). Everything below the command line
-takes the Experiment. It touches no file and no device; `Experiment.check_devices` adds the
-checks that need the device and process counts.
+takes the Experiment. It writes nothing and touches no device (it does look at the filesystem:
+a text_files source must exist, the data dir must be writable); `Experiment.check_devices` adds
+the checks that need the device and process counts.
 """
 
 from __future__ import annotations
@@ -382,7 +383,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
     """Loads `path/to/config.py[:arg]` and applies overrides ("model.d_model=256" or "--config.…").
 
     Same parser as the command line, so the sweep runner and `llmjax train` agree exactly.
-    Not validated: call `validate(config, num_devices)` before use.
+    Not checked: `parse_experiment(config, num_devices)` turns it into a checked Experiment.
     """
     config, _ = parse_flags([f"--config={spec}", *(normalize_override(o) for o in overrides)])
     return config
@@ -400,8 +401,8 @@ def parse_experiment(config: ConfigDict | Mapping[str, Any], num_devices: int | 
                      process_count: int = 1) -> Experiment:
     """The one checker: ConfigDict -> Experiment; UserError naming the first bad field.
 
-    With `num_devices`, also checks the mesh and batch split against the devices. Pure: no files,
-    no devices.
+    With `num_devices`, also checks the mesh and batch split against the devices. Writes
+    nothing; reads only the filesystem paths the data section names.
     """
     if isinstance(config, ConfigDict):
         config = config.to_dict()
