@@ -114,4 +114,15 @@ def initialize(setting: Any) -> None:
                         f"{' '.join(str(e).split())[:300]}") from None
 
 
-__all__ = ["cluster_env", "initialize", "requested"]
+def decided_by_process_0(flag: bool, n_proc: int) -> bool:
+    """Process 0's `flag` on every process (a collective when n_proc > 1): for decisions that
+    process 0 alone can make, e.g. from the run's files or its lock."""
+    if n_proc == 1:
+        return bool(flag)
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
+__all__ = ["cluster_env", "decided_by_process_0", "initialize", "requested"]

@@ -119,18 +119,6 @@ def atomic_write_json(path: str, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def append_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:
-    """Appends one JSON line per record and flushes it to disk. A kill tears at most the last
-    line, which `read_jsonl` skips."""
-    lines = "".join(json.dumps(dict(r), default=str) + "\n" for r in records)
-    if not lines:
-        return
-    with open(path, "a") as f:
-        f.write(lines)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def read_jsonl(path: str) -> list[dict[str, Any]]:
     """Records of JSON-lines file `path` in order ([] if it does not exist); a torn line (a
     writer killed mid-line) and a line that is not a JSON object are skipped."""
@@ -465,19 +453,31 @@ class RunDir:
             raise UserError(f"{self.config_path}: config file must hold a JSON object")
         return saved
 
-    def metrics(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.metrics_path)
-
-    def last_train_step(self) -> int | None:
-        """The step of the last train record in metrics.jsonl (None when there is none)."""
-        steps = [r.get("step") for r in self.metrics() if r.get("kind") == "train"]
-        steps = [s for s in steps if isinstance(s, int)]
-        return max(steps) if steps else None
+    def last_train_record(self) -> tuple[int | None, int | None]:
+        """(step, tokens) of the last train record in metrics.jsonl, reading its tail only
+        (the sweep runner polls running children with it); (None, None) when there is none."""
+        try:
+            with open(self.metrics_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 8192))
+                lines = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return None, None
+        for line in reversed(lines):
+            if '"train"' not in line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("kind") == "train":
+                return int(rec["step"]), int(rec.get("tokens", 0))
+        return None, None
 
 
 __all__ = ["CHECKPOINTS", "CONFIG", "LOCK", "LOG", "METADATA", "METRICS", "OVERRIDES", "POINT",
            "PROBES", "RUNS", "STATUS", "SWEEP",
-           "TENSORBOARD", "TOKENIZER", "RunDir", "Status", "append_jsonl", "atomic_output",
+           "TENSORBOARD", "TOKENIZER", "RunDir", "Status", "atomic_output",
            "atomic_write", "atomic_write_json", "canonical_config", "check_config_unchanged",
            "check_dir_path", "config_changes", "config_fingerprint", "ensure_dir", "hold",
            "parse_allow_changes", "read_json", "read_json_file", "read_jsonl"]

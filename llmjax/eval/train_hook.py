@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from llmjax.distributed import decided_by_process_0
 from llmjax.eval.probe import probe_params, read_probes, resolve_evals
 from llmjax.train.loop import Hook, Loop
 
@@ -24,15 +25,6 @@ def _gather_to_host(tree: Any) -> Any:
 
     return jax.tree.map(lambda x: np.asarray(x) if x.is_fully_addressable
                         else multihost_utils.process_allgather(x), tree)
-
-
-def _decided_by_process_0(flag: bool, n_proc: int) -> bool:
-    """Process 0's `flag` on every process (it alone reads the run's files)."""
-    if n_proc == 1:
-        return flag
-    from jax.experimental import multihost_utils
-
-    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
 
 
 def missing_probes(loop: Loop, step: int, tasks: list[str] | None) -> list[str]:
@@ -69,7 +61,7 @@ def probe_hook(loop: Loop) -> Hook | None:
         if loop.resumed_from is None:
             return
         missing = missing_probes(loop, loop.resumed_from, tasks) if loop.primary else []
-        if _decided_by_process_0(bool(missing), loop.process_count):
+        if decided_by_process_0(bool(missing), loop.process_count):
             probe(loop, missing)
 
     return Hook("probe", lambda loop: probe(loop, tasks), after_save=True, start=start)

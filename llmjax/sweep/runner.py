@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
 from llmjax import rundir
-from llmjax.config import parse_experiment, saved_source
+from llmjax.config import saved_source
 from llmjax.errors import UserError
 from llmjax.rundir import RunDir, Status
 from llmjax.rundir import atomic_write_json as write_json
@@ -74,29 +74,6 @@ def _now() -> str:
 
 def run_dir(workdir: str, name: str) -> str:
     return os.path.join(workdir, RUNS_DIR, name)
-
-
-def last_train_step(path: str) -> tuple[int | None, int | None]:
-    """(step, tokens) of the last train record in `<path>/metrics.jsonl`, reading its tail only."""
-    metrics = RunDir(path).metrics_path
-    try:
-        with open(metrics, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 8192))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return None, None
-    for line in reversed(lines):
-        if '"train"' not in line:
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("kind") == "train":
-            return int(rec["step"]), int(rec.get("tokens", 0))
-    return None, None
 
 
 def _file_sha256(path: str) -> str | None:
@@ -385,7 +362,7 @@ class SweepRunner:
             run = RunDir(run_dir(self.workdir, p.name))
             saved = run.saved_config()
             if saved is not None and rundir.check_config_unchanged(
-                    saved_source(saved, run.config_path), parse_experiment(p.config).source,
+                    saved_source(saved, run.config_path), p.experiment.source,
                     self.allow_changes, where=f"sweep point {p.name!r}"):
                 changed.add(p.name)
         return changed
@@ -479,7 +456,7 @@ class SweepRunner:
              "cpu_time_s": float(child.status.get("cpu_time_s") or 0.0)
              + rusage.ru_utime + rusage.ru_stime,
              }
-        step = last_train_step(child.path)[0]
+        step = run.last_train_record()[0]
         if step is not None:
             s["step"] = step
         self.changed.discard(child.point.name)  # it ran under the new config now
@@ -501,7 +478,7 @@ class SweepRunner:
     def _running_flops(self) -> float:
         done = 0.0
         for child in self.children.values():
-            _, tokens = last_train_step(child.path)
+            _, tokens = RunDir(child.path).last_train_record()
             if tokens:
                 done += min(tokens, child.point.cost.tokens) * child.point.cost.flops_per_token
         return done
@@ -629,5 +606,5 @@ class SweepRunner:
 
 
 __all__ = ["DeviceInfo", "SweepRunner", "child_env", "estimate_seconds",
-           "last_train_step", "makespan", "probe_devices", "run_dir",
+           "makespan", "probe_devices", "run_dir",
            "train_command"]

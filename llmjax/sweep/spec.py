@@ -221,6 +221,7 @@ class Point:
     overrides: dict[str, Any]  # as get_sweep returned it (incl. name / budget / meta.*)
     config: Any  # ConfigDict after every override (validated)
     cost: Cost
+    experiment: Any  # the llmjax.config.Experiment of `config`, parsed once by load_sweep
 
     @property
     def config_overrides(self) -> dict[str, Any]:
@@ -324,10 +325,12 @@ def load_sweep(spec: str, extra_overrides: Sequence[str] = (), num_devices: int 
                  if is_config_key(k)]
         try:
             config = config_lib.load_config(full_spec, [*flags, *extra])
-            point_cost = cost(config_lib.parse_experiment(config, num_devices))
+            experiment = config_lib.parse_experiment(config, num_devices)
+            point_cost = cost(experiment)
         except UserError as e:
             raise UserError(f"sweep point {name!r}: {e}") from None
-        points.append(Point(name=name, overrides=dict(overrides), config=config, cost=point_cost))
+        points.append(Point(name=name, overrides=dict(overrides), config=config, cost=point_cost,
+                            experiment=experiment))
     return Sweep(spec=full_spec, extra=extra, points=points)
 
 

@@ -465,6 +465,13 @@ class _Guard:
         raise TrainingDiverged(f"{what}; stopped, {where}")
 
 
+def _after_save(loop: Loop, hooks: Sequence[Hook]) -> None:
+    """The hooks that follow a checkpoint save, when one was saved at this step."""
+    for hook in hooks:
+        if hook.after_save and hook.due(loop):
+            hook.fn(loop)
+
+
 def run_loop(loop: Loop, hooks: Sequence[Hook], stop: _StopFlag) -> bool:
     """Steps until the last step or a stop signal, calling the due hooks; True when preempted."""
     compiled = compile_train_step(loop.setup, loop.exp)
@@ -474,9 +481,7 @@ def run_loop(loop: Loop, hooks: Sequence[Hook], stop: _StopFlag) -> bool:
             hook.start(loop)
     if any(0 in h.steps for h in hooks) and loop.step == 0:
         loop.save()  # log-spaced checkpoints start at step 0 (and their probes with them)
-        for hook in hooks:
-            if hook.after_save and hook.due(loop):
-                hook.fn(loop)
+        _after_save(loop, hooks)
     batch_size = loop.exp.data.batch_size
     while loop.step < loop.steps and not loop.stopped:
         if _should_stop(stop, loop.process_count, loop.step, loop.exp.train.log_every):
@@ -492,9 +497,7 @@ def run_loop(loop: Loop, hooks: Sequence[Hook], stop: _StopFlag) -> bool:
         loop.metrics = metrics
         for hook in due:
             hook.fn(loop)
-        for hook in hooks:
-            if hook.after_save and hook.due(loop):
-                hook.fn(loop)
+        _after_save(loop, hooks)
     guard.flush()
     preempted = loop.step < loop.steps
     if preempted:
@@ -556,14 +559,9 @@ def _hold_run(run: RunDir, say: Callable[[str], Any] | None) -> Any:
                 stack.enter_context(run.lock(say))
             except UserError as e:
                 error = e
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils  # noqa: PLC0415 - multi-process only
-
-            if multihost_utils.broadcast_one_to_all(np.int32(error is not None)):
-                raise error or UserError(f"{run.path}: process 0 could not take the run's lock "
-                                         "(see its log)")
-        elif error is not None:
-            raise error
+        if distributed.decided_by_process_0(error is not None, jax.process_count()):
+            raise error or UserError(f"{run.path}: process 0 could not take the run's lock "
+                                     "(see its log)")
         yield
 
 
@@ -640,11 +638,6 @@ def _train(exp: Experiment, run: RunDir, setup: Setup, stop: _StopFlag, *, hooks
                        last_eval=loop.last_eval, state=loop.state if return_state else None)
 
 
-def initialize_distributed(exp: Experiment) -> None:
-    """jax.distributed for `exp` (see llmjax.distributed)."""
-    distributed.initialize(exp.train.distributed)
-
-
 def _should_stop(stop: _StopFlag, n_proc: int, step: int, log_every: int) -> bool:
     """Single process: stop as soon as a signal arrived. Several processes must stop (and save)
     at the same step, so they compare flags at log steps with one tiny all-gather."""
@@ -659,4 +652,4 @@ def _should_stop(stop: _StopFlag, n_proc: int, step: int, log_every: int) -> boo
 
 
 __all__ = ["Hook", "Loop", "Setup", "TrainResult", "TrainingDiverged", "build",
-           "compile_train_step", "initialize_distributed", "train"]
+           "compile_train_step", "train"]
