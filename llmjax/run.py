@@ -18,6 +18,7 @@ from llmjax.config import Experiment, parse_experiment
 from llmjax.eval.train_hook import probe_hook
 from llmjax.train.loop import TrainResult
 from llmjax.train.loop import train as _train_loop
+from llmjax.train.loop import train_members as _train_members_loop
 
 
 def train(exp: Experiment | Any, workdir: str, *, hooks: Sequence[Any] = (),
@@ -28,4 +29,12 @@ def train(exp: Experiment | Any, workdir: str, *, hooks: Sequence[Any] = (),
     return _train_loop(exp, workdir, hooks=[probe_hook, *hooks], **kwargs)
 
 
-__all__ = ["train"]
+def train_members(exp: Experiment | Any, workdirs: Sequence[str], *, hooks: Sequence[Any] = (),
+                  **kwargs: Any) -> list[TrainResult]:
+    """`llmjax.train.loop.train_members` (several seeds as one program) with the probe hook."""
+    if not isinstance(exp, Experiment):
+        exp = parse_experiment(exp)
+    return _train_members_loop(exp, workdirs, hooks=[probe_hook, *hooks], **kwargs)
+
+
+__all__ = ["train", "train_members"]

@@ -13,6 +13,8 @@ Variants after the colon, comma-separated:
   tokens_per_param=R   train tokens = R x non-embedding params (default 20)
   sizes=A+B+...        only these sizes (names from SIZES), e.g. sizes=d16_l1+d32_l2
   size=NAME            (get_config only) the full config of one size, for a single run
+  seeds=S              S replicates of every size (seeds 0..S-1), each size's trained as one
+                       vmapped program; the report shows mean ± SE per size
 
 Per-size rules (all written into each point's overrides, so runs/<name>/overrides.json is explicit):
   shape     d_model x n_layers from SIZES, head_dim 16
@@ -60,7 +62,7 @@ def _parse(arg):
         if not eq:
             raise ValueError(f"scaling_demo.py: variant {item!r} is not KEY=VALUE")
         out[key.strip()] = value.strip()
-    allowed = {"tokens_per_param", "sizes", "size"}
+    allowed = {"tokens_per_param", "sizes", "size", "seeds"}
     if set(out) - allowed:
         raise ValueError(f"scaling_demo.py: unknown variant(s) {sorted(set(out) - allowed)}; "
                          f"allowed: {sorted(allowed)}")
@@ -142,4 +144,8 @@ def get_sweep(arg=None):
     args = _parse(arg)
     names = [n for n in args.get("sizes", "").split("+") if n] or list(SIZES)
     tpp = float(args.get("tokens_per_param", TOKENS_PER_PARAM))
-    return [size_overrides(name, tpp) for name in names]
+    seeds = int(args.get("seeds", 1))
+    if seeds < 1:
+        raise ValueError(f"scaling_demo.py: seeds={seeds}; allowed: an integer >= 1")
+    points = [size_overrides(name, tpp) for name in names]
+    return points if seeds == 1 else [{**p, "seeds": seeds} for p in points]

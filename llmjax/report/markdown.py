@@ -15,6 +15,7 @@ from llmjax.report.scaling import (
     Interval,
     Run,
     ScalingAnalysis,
+    replicate_stats,
 )
 
 
@@ -130,11 +131,20 @@ def _section_loss_vs_n(a: ScalingAnalysis, plots: dict[str, str]) -> list[str]:
         out.append(a.absent.get("loss_vs_n", "Not fitted."))
     else:
         form = "E + (N_c/N)^α_N" if "E" in sec.params else "(N_c/N)^α_N"
+        stats = replicate_stats(sec.x, sec.y)
         out.append(
-            f"L(N) = {form} fitted on the final eval loss of {len(sec.x)} model sizes "
+            f"L(N) = {form} fitted on the final eval loss of {len(stats)} model sizes "
             f"({fmt(sec.x.min())} to {fmt(sec.x.max())} non-embedding parameters)."
         )
         out.append("")
+        if len(stats) < len(sec.x):
+            out += [f"Replicates (seeds): every one of the {len(sec.x)} runs is a point of the "
+                    "fit, and the bootstrap resamples runs. Per size, mean ± standard error:", "",
+                    "| N (non-embedding) | seeds | final eval loss (mean ± SE) |",
+                    "|---|---|---|"]
+            out += [f"| {fmt(x)} | {n} | {m:.4f} ± {se:.4f} |" if n > 1 else
+                    f"| {fmt(x)} | 1 | {m:.4f} (one run: no SE) |" for x, m, se, n in stats]
+            out.append("")
         out += _params_table(sec.params, {
             "E": "irreducible loss (nats / token)",
             "x_c": "N_c (parameters)",

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
 from llmjax.report.outputs import check_targets, ensure_out_dir, output
-from llmjax.report.scaling import ScalingAnalysis
+from llmjax.report.scaling import ScalingAnalysis, replicate_stats
 
 FIGSIZE = (7.0, 4.8)
 DPI = 120
@@ -131,7 +131,16 @@ def plot_loss_vs_params(analysis: ScalingAnalysis) -> Figure | None:
         ax.set_title("Final loss against model size (too few sizes for a fit)")
     else:
         x, y = sec.x, sec.y
-        ax.scatter(x, y, color="tab:blue", zorder=3, label="final eval loss (fitted points)")
+        stats = replicate_stats(x, y)
+        if len(stats) < len(x):  # replicates: each run faint, the mean ± SE per size on top
+            ax.scatter(x, y, color="tab:blue", alpha=0.35, s=12, zorder=3,
+                       label="final eval loss (each replicate, all fitted)")
+            xs, means, ses, counts = (np.array(c) for c in zip(*stats, strict=True))
+            ax.errorbar(xs, means, yerr=np.nan_to_num(ses), fmt="o", color="tab:blue",
+                        capsize=3, zorder=4,
+                        label=f"mean ± SE over {int(counts.min())}–{int(counts.max())} seeds")
+        else:
+            ax.scatter(x, y, color="tab:blue", zorder=3, label="final eval loss (fitted points)")
         E = sec.params.get("E")
         label = f"L = E + (N_c/N)^α_N, α_N = {_ci(sec.params['alpha'])}"
         if E is not None:

@@ -130,6 +130,7 @@ class Run:
     lr: float | None
     usable: bool
     reason: str  # why the run is left out of the fits; "" when usable
+    group: str = ""  # the point this run replicates (results.csv `group`; its name if none)
 
     def compute(self, column: str) -> float | None:
         if column == "flops" and self.flops is not None:
@@ -161,7 +162,9 @@ def parse_run(row: Mapping[str, Any]) -> Run:
             if nums[key] is None or nums[key] <= 0:
                 reason = f"no valid {key}"
                 break
-    return Run(name=name, status=status, error=error, usable=not reason, reason=reason, **nums)
+    group = str(row.get("group") or "").strip() or name
+    return Run(name=name, status=status, error=error, usable=not reason, reason=reason,
+               group=group, **nums)
 
 
 @dataclass(frozen=True)
@@ -339,7 +342,8 @@ class ScalingAnalysis:
         }
         if self.loss_vs_n is not None:
             out["alpha_N"] = self.loss_vs_n.params["alpha"].to_dict()
-            out["E"] = self.loss_vs_n.params["E"].to_dict()
+            if "E" in self.loss_vs_n.params:  # fitted without E below 4 sizes
+                out["E"] = self.loss_vs_n.params["E"].to_dict()
         if self.frontier is not None:
             out["alpha_C"] = self.frontier.params["alpha"].to_dict()
         out["a"] = {s.approach: s.params["a"].to_dict() for s in self.allocations()}
@@ -360,19 +364,40 @@ class ScalingAnalysis:
         return out
 
 
+def _best_group(runs: list[Run]) -> list[Run]:
+    """The runs of the group (replicates of one point) with the lowest mean final eval loss."""
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(r.group, []).append(r)
+    return min(groups.values(), key=lambda g: (float(np.mean([r.final_eval_loss for r in g])),
+                                                sorted(r.name for r in g)))
+
+
 def best_per_point(runs: list[Run]) -> tuple[list[Run], list[Run]]:
-    """Keep the lowest final eval loss per (N, D): the best learning rate (Li et al. 2025)."""
+    """Keep the lowest final eval loss per (N, D): the best learning rate (Li et al. 2025).
+    Replicates (runs of one group, e.g. seeds) are judged by their mean and kept together, so
+    the fits weigh every replicate and the bootstrap resamples them."""
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
         key = (round(math.log(r.n_non_embedding), 6), round(math.log(r.tokens), 6))
         groups.setdefault(key, []).append(r)
     kept, dropped = [], []
     for members in groups.values():
-        members = sorted(members, key=lambda r: (r.final_eval_loss, r.name))
-        kept.append(members[0])
-        dropped += members[1:]
+        best = _best_group(members)
+        kept += best
+        dropped += [r for r in members if r not in best]
     kept.sort(key=lambda r: (r.n_non_embedding, r.tokens, r.name))
     return kept, dropped
+
+
+def replicate_stats(x: np.ndarray, y: np.ndarray) -> list[tuple[float, float, float, int]]:
+    """(x, mean y, standard error of the mean, count) per distinct x; SE is nan for one point."""
+    out = []
+    for value in np.unique(x):
+        ys = y[x == value]
+        se = float(np.std(ys, ddof=1) / math.sqrt(len(ys))) if len(ys) > 1 else float("nan")
+        out.append((float(value), float(np.mean(ys)), se, len(ys)))
+    return out
 
 
 def _band(boot: scaling.BootstrapResult, grid: np.ndarray, confidence: float, irreducible: bool):
@@ -421,16 +446,18 @@ def fit_power_law_section(
 def _loss_vs_n(used: list[Run], opts: AnalysisOptions, absent: dict) -> PowerLawSection | None:
     """Final eval loss vs N: runs without a budget (the size sweep), lowest loss per size."""
     pool = [r for r in used if r.budget is None] or used
-    best: dict[int, Run] = {}
+    by_size: dict[int, list[Run]] = {}
     sizes = np.array([r.n_non_embedding for r in pool])
     labels = scaling.cluster_labels(sizes, SIZE_RTOL) if pool else []
     for r, lab in zip(pool, labels, strict=True):
-        if lab not in best or r.final_eval_loss < best[lab].final_eval_loss:
-            best[lab] = r
-    pts = sorted(best.values(), key=lambda r: r.n_non_embedding)
-    if len(pts) < 3:
+        by_size.setdefault(int(lab), []).append(r)
+    # Per size the best group (learning rate...), every replicate of it a point of the fit.
+    pts = sorted((r for runs in by_size.values() for r in _best_group(runs)),
+                 key=lambda r: (r.n_non_embedding, r.name))
+    if len(by_size) < 3:
         absent["loss_vs_n"] = (
-            f"L(N) needs at least 3 model sizes with a final eval loss; the sweep has {len(pts)}."
+            f"L(N) needs at least 3 model sizes with a final eval loss; the sweep has "
+            f"{len(by_size)}."
         )
         return None
     x = np.array([r.n_non_embedding for r in pts])
@@ -710,8 +737,9 @@ def _extrapolations(
     k = opts.holdout_largest
     if loss_vs_n is not None:
         x, y, names = loss_vs_n.x, loss_vs_n.y, loss_vs_n.names
-        held = scaling.cluster_labels(x, SIZE_RTOL) >= len(x) - k
-        n_train = int((~held).sum())
+        labels = scaling.cluster_labels(x, SIZE_RTOL)
+        held = labels >= labels.max() + 1 - k  # every replicate of the largest size(s)
+        n_train = len(np.unique(labels[~held]))  # sizes left to fit
         if n_train < 3:
             absent["extrapolation"] = (
                 f"The extrapolation check needs at least 3 model sizes besides the {k} held out; "

@@ -16,6 +16,8 @@ results.csv columns (RESULT_COLUMNS, then one `override.<key>` column per overri
   final_eval_loss, best_eval_loss   eval loss at the last eval / lowest eval loss (nats/token)
   wall_time_s                       summed over attempts (sweep runs) or from metrics timestamps
   budget                            the FLOP budget of an iso-FLOP point, empty otherwise
+  group                             the point the run replicates (a sweep point's `seeds`:
+                                    members `<group>_s<seed>`); the run's own name otherwise
   then: vocab_size, d_ff, flops_per_token, final_step, final_eval_bits_per_byte, cpu_time_s
 then the probe columns of the run's last probed step (`llmjax probe`), for runs that have them:
   probe_step                        the step those columns were measured at
@@ -58,7 +60,7 @@ RESULT_COLUMNS = (
     "name", "status", "error", "n_params", "n_non_embedding", "n_embedding", "d_model", "n_layers",
     "n_heads", "seq_len", "batch_size", "lr", "parametrization", "steps", "tokens",
     "tokens_per_param", "flops_6nd", "flops", "final_train_loss", "final_eval_loss",
-    "best_eval_loss", "wall_time_s", "budget", "seed",
+    "best_eval_loss", "wall_time_s", "budget", "seed", "group",
     # extras (after the required columns)
     "vocab_size", "d_ff", "flops_per_token", "final_step", "final_eval_bits_per_byte",
     "cpu_time_s",
@@ -287,6 +289,8 @@ def _run_row(path: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str,
         "final_eval_loss": eval_losses[-1] if eval_losses else None,
         "best_eval_loss": min(finite) if finite else None,
         "wall_time_s": wall, "budget": budget, "seed": config.get("seed"),
+        # Replicates (a point's `seeds`) share a group; a run on its own is its own group.
+        "group": (point or {}).get("group") or name,
         "vocab_size": m.get("vocab_size"), "d_ff": info["d_ff"], "flops_per_token": fpt,
         "final_step": final_step,
         "final_eval_bits_per_byte": _float(evals[-1].get("bits_per_byte")) if evals else None,

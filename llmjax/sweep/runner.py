@@ -243,10 +243,31 @@ def child_env(device: DeviceInfo, parallel: int, base: dict[str, str] | None = N
     return env
 
 
-def train_command(sweep: Sweep, point: Point, workdir: str) -> list[str]:
+def train_command(sweep: Sweep, points: Point | Sequence[Point], workdir: str) -> list[str]:
+    """`llmjax train` of one point, or of a point's replicates (members of one group, differing
+    only in seed) as one program: `--seeds=a,b,.. --workdir=runs/<group>_s{seed}`."""
+    points = [points] if isinstance(points, Point) else list(points)
+    first = points[0]
+    if len(points) == 1:
+        return [sys.executable, "-m", "llmjax", "train", f"--config={sweep.spec}",
+                f"--workdir={os.path.abspath(run_dir(workdir, first.name))}", *first.flags(),
+                *sweep.extra]
+    seeds = [p.experiment.train.seed for p in points]
+    template = os.path.abspath(run_dir(workdir, f"{first.group}_s{{seed}}"))
     return [sys.executable, "-m", "llmjax", "train", f"--config={sweep.spec}",
-            f"--workdir={os.path.abspath(run_dir(workdir, point.name))}", *point.flags(),
+            f"--workdir={template}", f"--seeds={','.join(map(str, seeds))}", *first.flags(),
             *sweep.extra]
+
+
+def together(point: Point, queue: list[Point]) -> list[Point]:
+    """`point` and the replicates of its group waiting in `queue` (taken out of it): they train
+    as one program."""
+    if point.group is None:
+        return [point]
+    mates = [q for q in queue if q.group == point.group]
+    for q in mates:
+        queue.remove(q)
+    return [point, *mates]
 
 
 def _checkpoint_steps(path: str) -> list[int]:
@@ -274,11 +295,10 @@ def _error_of(log_path: str, tail_lines: int = 25) -> tuple[str, str]:
 
 @dataclasses.dataclass
 class _Child:
-    point: Point
+    points: list[Point]  # one point, or the replicates trained as one program
     proc: subprocess.Popen
-    path: str
     start: float
-    status: dict[str, Any]
+    status: dict[str, dict[str, Any]]  # by point name
     log: Any
 
 
@@ -380,7 +400,8 @@ class SweepRunner:
             os.makedirs(path, exist_ok=True)
             write_json(os.path.join(path, rundir.OVERRIDES), canonical(p.overrides))
             write_json(os.path.join(path, rundir.POINT), {
-                "name": p.name, "spec": self.sweep.spec, "overrides": canonical(p.overrides),
+                "name": p.name, "group": p.group, "spec": self.sweep.spec,
+                "overrides": canonical(p.overrides),
                 "extra": self.sweep.extra, "flags": p.flags(), "budget": p.budget,
                 "cost": dataclasses.asdict(p.cost), "config": canonical(p.config.to_dict()),
             })
@@ -424,63 +445,77 @@ class SweepRunner:
                 signal.signal(s, h)
 
     # ---- children ---------------------------------------------------------------------------
-    def _start(self, point: Point) -> _Child:
-        path = run_dir(self.workdir, point.name)
-        run = RunDir(path)
-        status = run.read_status()
-        cmd = train_command(self.sweep, point, self.workdir)
+    def _start(self, points: list[Point]) -> _Child:
+        runs = [RunDir(run_dir(self.workdir, p.name)) for p in points]
+        before = [run.read_status() for run in runs]
+        cmd = train_command(self.sweep, points, self.workdir)
         if self.allow_changes:
             cmd.append(f"--allow_changes={','.join(self.allow_changes)}")
-        log = open(run.log_path, "ab")
-        attempt = int(status.get("attempts", 0)) + 1
-        log.write(f"\n# llmjax sweep: attempt {attempt} at {_now()}\n# {' '.join(cmd)}\n".encode())
+        attempt = int(before[0].get("attempts", 0)) + 1
+        header = f"\n# llmjax sweep: attempt {attempt} at {_now()}\n# {' '.join(cmd)}\n"
+        names = ", ".join(p.name for p in points)
+        for run in runs[1:]:  # one program, one log: the first member's
+            with open(run.log_path, "a") as f:
+                f.write(f"{header}# trained as one program with {names}; its output is in "
+                        f"{runs[0].log_path}\n")
+        log = open(runs[0].log_path, "ab")
+        log.write(header.encode())
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=self.env, start_new_session=True,
                                 preexec_fn=_pdeathsig())
-        status = run.write_status(
-            Status.RUNNING, name=point.name, pid=proc.pid, attempts=attempt, started=_now(),
-            command=cmd, steps=point.cost.steps, returncode=None,
-            wall_time_s=float(status.get("wall_time_s") or 0.0),
-            cpu_time_s=float(status.get("cpu_time_s") or 0.0))
-        return _Child(point, proc, path, time.monotonic(), status, log)
+        status = {}
+        for point, run, old in zip(points, runs, before, strict=True):
+            status[point.name] = run.write_status(
+                Status.RUNNING, name=point.name, pid=proc.pid, attempts=attempt, started=_now(),
+                command=cmd, steps=point.cost.steps, returncode=None,
+                wall_time_s=float(old.get("wall_time_s") or 0.0),
+                cpu_time_s=float(old.get("cpu_time_s") or 0.0))
+        return _Child(points, proc, time.monotonic(), status, log)
 
-    def _finish(self, child: _Child, wait_status: int, rusage: Any) -> str:
+    def _finish(self, child: _Child, wait_status: int, rusage: Any) -> dict[str, str]:
+        """Each point's status after its process ended (the training loop wrote how the run
+        ended; the runner only adds what it saw). Time is the program's, for every member."""
         child.log.close()
         rc = os.waitstatus_to_exitcode(wait_status)
         child.proc.returncode = rc  # reaped by os.wait4: tell Popen
-        run = RunDir(child.path)
-        s = {"returncode": rc, "pid": None, "finished": _now(),
-             "wall_time_s": float(child.status.get("wall_time_s") or 0.0)
-             + time.monotonic() - child.start,
-             "cpu_time_s": float(child.status.get("cpu_time_s") or 0.0)
-             + rusage.ru_utime + rusage.ru_stime,
-             }
-        step = run.last_train_record()[0]
-        if step is not None:
-            s["step"] = step
-        self.changed.discard(child.point.name)  # it ran under the new config now
-        # The training loop wrote how the run ended; the runner only adds what it saw.
-        if run.is_complete():  # even if the process then died in teardown: the run is done
-            status = Status.COMPLETE
-            s.update(error=None, error_tail=None)
-        elif rc == 0 or (rc < 0 and self.stop_signal is not None):
-            status = Status.INTERRUPTED  # saved a checkpoint on our signal: resumable
-            saved = _checkpoint_steps(child.path)
-            s["error"] = (f"stopped at step {saved[-1] if saved else 0} of "
-                          f"{child.point.cost.steps} (latest checkpoint)")
-        else:
-            status = Status.FAILED
-            s["error"], s["error_tail"] = _error_of(run.log_path)
-        child.status = run.write_status(status, **s)
-        return status.value
+        first_log = RunDir(run_dir(self.workdir, child.points[0].name)).log_path
+        out = {}
+        for point in child.points:
+            run = RunDir(run_dir(self.workdir, point.name))
+            old = child.status[point.name]
+            s = {"returncode": rc, "pid": None, "finished": _now(),
+                 "wall_time_s": float(old.get("wall_time_s") or 0.0)
+                 + time.monotonic() - child.start,
+                 "cpu_time_s": float(old.get("cpu_time_s") or 0.0)
+                 + rusage.ru_utime + rusage.ru_stime,
+                 }
+            step = run.last_train_record()[0]
+            if step is not None:
+                s["step"] = step
+            self.changed.discard(point.name)  # it ran under the new config now
+            if run.is_complete():  # even if the process then died in teardown: the run is done
+                status = Status.COMPLETE
+                s.update(error=None, error_tail=None)
+            elif rc == 0 or (rc < 0 and self.stop_signal is not None):
+                status = Status.INTERRUPTED  # saved a checkpoint on our signal: resumable
+                saved = _checkpoint_steps(run.path)
+                s["error"] = (f"stopped at step {saved[-1] if saved else 0} of "
+                              f"{point.cost.steps} (latest checkpoint)")
+            else:
+                status = Status.FAILED
+                s["error"], s["error_tail"] = _error_of(first_log)
+            child.status[point.name] = run.write_status(status, **s)
+            out[point.name] = status.value
+        return out
 
     def _running_flops(self) -> float:
         done = 0.0
         for child in self.children.values():
-            _, tokens = RunDir(child.path).last_train_record()
-            if tokens:
-                done += min(tokens, child.point.cost.tokens) * child.point.cost.flops_per_token
+            for point in child.points:
+                _, tokens = RunDir(run_dir(self.workdir, point.name)).last_train_record()
+                if tokens:
+                    done += min(tokens, point.cost.tokens) * point.cost.flops_per_token
         return done
 
     # ---- the loop ---------------------------------------------------------------------------
@@ -531,8 +566,12 @@ class SweepRunner:
             while queue or self.children:
                 while queue and len(self.children) < self.parallel and self.stop_signal is None:
                     point = queue.pop(0)
-                    self.children[point.name] = self._start(point)
-                    log(f"[{n_done + len(self.children)}/{n_total}] started {point.name} "
+                    points = together(point, queue)
+                    self.children[point.name] = self._start(points)
+                    names = ", ".join(p.name for p in points)
+                    what = f"{len(points)} seeds as one program: {names}" if len(points) > 1 \
+                        else point.name
+                    log(f"[{n_done + 1}/{n_total}] started {what} "
                         f"({human(point.cost.n_non_embedding)} params, "
                         f"{human(point.cost.tokens)} tokens, est. "
                         f"{duration(self.estimates[point.name])})")
@@ -546,19 +585,21 @@ class SweepRunner:
                     if pid == 0:
                         continue
                     del self.children[name]
-                    status = self._finish(child, wait_status, rusage)
-                    results[name] = status
-                    s = child.status
-                    if status == Status.COMPLETE:
-                        n_done += 1
-                        done_flops += child.point.cost.flops
-                        log(f"[{n_done}/{n_total}] {name} complete in {duration(s['wall_time_s'])}"
-                            f" (cpu {duration(s['cpu_time_s'])})")
-                    elif status == Status.FAILED:
-                        log(f"[{n_done}/{n_total}] {name} FAILED (exit {s['returncode']}): "
-                            f"{s['error']}")
-                    else:
-                        log(f"[{n_done}/{n_total}] {name} interrupted: {s['error']}; resumable")
+                    finished = self._finish(child, wait_status, rusage)
+                    results.update(finished)
+                    for point in child.points:
+                        status, s = finished[point.name], child.status[point.name]
+                        if status == Status.COMPLETE:
+                            n_done += 1
+                            done_flops += point.cost.flops
+                            log(f"[{n_done}/{n_total}] {point.name} complete in "
+                                f"{duration(s['wall_time_s'])} (cpu {duration(s['cpu_time_s'])})")
+                        elif status == Status.FAILED:
+                            log(f"[{n_done}/{n_total}] {point.name} FAILED (exit "
+                                f"{s['returncode']}): {s['error']}")
+                        else:
+                            log(f"[{n_done}/{n_total}] {point.name} interrupted: {s['error']}; "
+                                "resumable")
                 now_done = done_flops + self._running_flops()
                 if bar is not None:
                     bar.n = min(now_done, total_flops)

@@ -11,6 +11,10 @@ Each dict maps dotted config keys (`model.d_model`) to values, applied to `get_c
 as `--config.model.d_model=64` would be. Reserved keys, recorded but not passed to training:
   name        the run's directory name under `DIR/runs/` (default: a slug of the overrides + hash)
   budget      the FLOP budget of an iso-FLOP point (goes to the `budget` column of results.csv)
+  seeds       replicates: a count S (seeds seed, seed+1, ...) or a list of seeds. The point
+              becomes S member points `<name>_s<seed>` (each its own run directory, with
+              `seed` set) trained together as ONE vmapped program (`llmjax train --seeds`);
+              results and the report treat them as replicates of `<name>` (their `group`)
   meta.<key>  any other bookkeeping value
 Derived settings (steps from a token budget, lr per size...) are computed in `get_sweep` itself,
 so the dict written to `runs/<name>/overrides.json` says everything the run was given.
@@ -34,7 +38,7 @@ from typing import Any
 
 from llmjax.errors import UserError
 
-RESERVED_KEYS = ("name", "budget")
+RESERVED_KEYS = ("name", "budget", "seeds")
 META_PREFIX = "meta."
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,99}$")
 _SLUG_LEN = 48
@@ -222,6 +226,7 @@ class Point:
     config: Any  # ConfigDict after every override (validated)
     cost: Cost
     experiment: Any  # the llmjax.config.Experiment of `config`, parsed once by load_sweep
+    group: str | None = None  # replicates (`seeds`): the name the members share
 
     @property
     def config_overrides(self) -> dict[str, Any]:
@@ -321,17 +326,51 @@ def load_sweep(spec: str, extra_overrides: Sequence[str] = (), num_devices: int 
             raise UserError(f"sweep points {seen[name]} and {i} have the same name {name!r}; "
                             "give them different 'name' keys or overrides")
         seen[name] = i
-        flags = [f"--config.{k}={format_value(v)}" for k, v in overrides.items()
-                 if is_config_key(k)]
-        try:
-            config = config_lib.load_config(full_spec, [*flags, *extra])
-            experiment = config_lib.parse_experiment(config, num_devices)
-            point_cost = cost(experiment)
-        except UserError as e:
-            raise UserError(f"sweep point {name!r}: {e}") from None
-        points.append(Point(name=name, overrides=dict(overrides), config=config, cost=point_cost,
-                            experiment=experiment))
+        members = [(name, None, dict(overrides))]
+        if "seeds" in overrides:
+            first = _point_config(full_spec, overrides, extra, num_devices, name)[1].train.seed
+            seeds = _seeds(overrides["seeds"], first, name)
+            members = [(f"{name}_s{seed}", name, {**overrides, "name": f"{name}_s{seed}",
+                                                  "seed": seed}) for seed in seeds]
+        for member, group, member_overrides in members:
+            if member != name and member in seen:
+                raise UserError(f"sweep point {name!r}: its member {member!r} has the name of "
+                                "another point")
+            seen[member] = i
+            config, experiment = _point_config(full_spec, member_overrides, extra, num_devices,
+                                               member)
+            points.append(Point(name=member, overrides=member_overrides, config=config,
+                                cost=cost(experiment), experiment=experiment, group=group))
     return Sweep(spec=full_spec, extra=extra, points=points)
+
+
+def _point_config(spec: str, overrides: Mapping[str, Any], extra: Sequence[str],
+                  num_devices: int, name: str) -> tuple[Any, Any]:
+    """(ConfigDict, Experiment) of one point: `overrides`, then the sweep-wide `extra`."""
+    from llmjax import config as config_lib
+
+    flags = [f"--config.{k}={format_value(v)}" for k, v in overrides.items() if is_config_key(k)]
+    try:
+        config = config_lib.load_config(spec, [*flags, *extra])
+        return config, config_lib.parse_experiment(config, num_devices)
+    except UserError as e:
+        raise UserError(f"sweep point {name!r}: {e}") from None
+
+
+def _seeds(value: Any, first: int, name: str) -> list[int]:
+    """A point's `seeds`: a count S -> first..first+S-1; a list -> itself (distinct ints >= 0)."""
+    bad = UserError(f"sweep point {name!r}: seeds={value!r}; allowed: a count >= 1 or a list of "
+                    "distinct integers >= 0")
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, int):
+        if value < 1:
+            raise bad
+        return [first + k for k in range(value)]
+    if not isinstance(value, list) or not value or len(set(map(str, value))) != len(value) \
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        raise bad
+    return list(value)
 
 
 __all__ = ["Cost", "Point", "Sweep", "apply_overrides", "canonical", "cost", "count_params",

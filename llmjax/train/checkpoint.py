@@ -284,7 +284,7 @@ class Checkpointer:
                     del e
             error = _all_processes_ok(error)
             if error is None:
-                self._set_aside([s for s, _ in failed], say)
+                self.set_aside([s for s, _ in failed], say)
                 return step, state, data_state, meta
             failed.append((step, error))
             if i + 1 < len(steps):
@@ -295,19 +295,20 @@ class Checkpointer:
         raise UserError(f"{self.directory}: none of the {len(steps)} complete checkpoint(s) "
                         f"restores ({reasons}{more}); use a new workdir or repair/remove them")
 
-    def _set_aside(self, steps: list[int], say: Callable[[str], Any]) -> None:
-        """Renames damaged step directories to `<step>.damaged[.N]`, which neither orbax nor
-        `complete_steps` lists, and refreshes the manager's list of steps."""
+    def set_aside(self, steps: list[int], say: Callable[[str], Any], suffix: str = DAMAGED_SUFFIX,
+                  why: str = "damaged") -> None:
+        """Renames step directories to `<step><suffix>[.N]` (default `.damaged`), which neither
+        orbax nor `complete_steps` lists, and refreshes the manager's list of steps."""
         if not steps:
             return
         if jax.process_index() == 0:
             for step in steps:
                 src = os.path.join(self.directory, str(step))
-                dst, n = src + DAMAGED_SUFFIX, 1
+                dst, n = src + suffix, 1
                 while os.path.exists(dst):
-                    dst, n = f"{src}{DAMAGED_SUFFIX}.{n}", n + 1
+                    dst, n = f"{src}{suffix}.{n}", n + 1
                 os.rename(src, dst)
-                say(f"set aside damaged checkpoint step {step} as {dst}")
+                say(f"set aside {why} checkpoint step {step} as {dst}")
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 

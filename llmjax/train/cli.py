@@ -10,6 +10,10 @@ the resumed step on (the learning rate jumps from the old curve to the new one t
 constant schedule the run continues exactly as if it had been asked for the longer run.
 A second process on the same workdir exits 2 naming the holder of its lock.
 SIGTERM/SIGINT save a checkpoint and exit 0. A non-finite loss, gradient or update exits 1.
+
+`--seeds=S` (or a list, `--seeds=0,3,7`) trains S runs that differ only in `seed` (seed,
+seed+1, ... for a count) as one vmapped program; `--workdir` must then contain `{seed}`, and
+each member is an ordinary run directory (`--workdir=runs/d32_s{seed}` -> runs/d32_s0, ...).
 """
 
 from __future__ import annotations
@@ -21,7 +25,26 @@ from llmjax import rundir
 from llmjax.errors import UserError
 
 USAGE = ("usage: llmjax train --config=experiments/configs/tiny.py[:arg] --workdir=DIR "
-         "[--config.key=value ...] [--allow_changes=FIELD,...]")
+         "[--config.key=value ...] [--allow_changes=FIELD,...] [--seeds=S|A,B,...]")
+
+
+def parse_seeds(text: str, first: int) -> list[int] | None:
+    """--seeds: a count S (seeds first..first+S-1) or a comma-separated list; None when empty."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"--seeds={text!r}: allowed: a count (e.g. 4) or integers like 0,1,2"
+                        ) from None
+    if len(values) == 1:
+        if values[0] < 1:
+            raise UserError(f"--seeds={text!r}: a count must be >= 1")
+        return [first + i for i in range(values[0])]
+    if len(set(values)) != len(values) or min(values) < 0:
+        raise UserError(f"--seeds={text!r}: seeds must be distinct integers >= 0")
+    return values
 
 
 def main(argv: list[str]) -> int:
@@ -31,22 +54,32 @@ def main(argv: list[str]) -> int:
     config, extras = config_lib.parse_flags(argv, {
         "workdir": "run directory (created)",
         "allow_changes": "comma-separated config fields that may differ from the run's saved "
-                         "config on resume (e.g. steps)"})
+                         "config on resume (e.g. steps)",
+        "seeds": "train several seeds as one program: a count or a list; --workdir must "
+                 "contain {seed}"})
     workdir = extras["workdir"]
     if not workdir:
         raise UserError("--workdir is required (the run directory; rerun on it to resume)")
     exp = config_lib.parse_experiment(config)
-    rundir.check_dir_path(workdir)
+    seeds = parse_seeds(extras["seeds"], exp.train.seed)
+    if seeds is not None and "{seed}" not in workdir:
+        raise UserError(f"--workdir={workdir}: with --seeds it must contain {{seed}} (one run "
+                        "directory per member)")
+    workdirs = [workdir] if seeds is None else [workdir.replace("{seed}", str(s)) for s in seeds]
+    for w in workdirs:
+        rundir.check_dir_path(w)
 
-    from llmjax.run import train
+    from llmjax.run import train_members
     from llmjax.train.loop import TrainingDiverged
 
     try:  # train() starts jax.distributed and checks the devices before writing anything
-        result = train(exp, workdir, argv=["llmjax", "train", *argv],
-                       allow_changes=rundir.parse_allow_changes(extras["allow_changes"]))
+        results = train_members(
+            exp, workdirs, seeds=seeds, argv=["llmjax", "train", *argv],
+            allow_changes=rundir.parse_allow_changes(extras["allow_changes"]))
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return TrainingDiverged.exit_code
+    result = results[0]
     if result.preempted:
         print(f"stopped by signal at step {result.step}/{result.total_steps}; "
               f"checkpoint saved in {result.workdir}; run the same command to resume")

@@ -172,19 +172,39 @@ class Setup:
     steps: int
     init_fn: Any  # () -> TrainState, sharded
     decay_mask: Any  # bool pytree like params: which parameters get weight decay
+    # Members trained as one program (`seeds`): abstract_state/state_shardings/train_step/init_fn
+    # are then stacked along a leading member axis; member_* describe one member's TrainState.
+    seeds: tuple[int, ...] | None = None
+    member_abstract_state: TrainState | None = None
+    member_shardings: TrainState | None = None
+
+    @property
+    def members(self) -> int:
+        return 1 if self.seeds is None else len(self.seeds)
 
 
-def build(exp: Experiment, tokenizer: Any, devices: list[Any] | None = None) -> Setup:
+def _stacked(sharding: jax.sharding.NamedSharding) -> jax.sharding.NamedSharding:
+    """The sharding of S such arrays stacked along a new leading (member) axis, not split."""
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(None,
+                                                                                 *sharding.spec))
+
+
+def build(exp: Experiment, tokenizer: Any, devices: list[Any] | None = None,
+          seeds: Sequence[int] | None = None) -> Setup:
     """Model graph, shardings, optimizer and the jitted step functions; allocates nothing big.
 
-    `devices`: the mesh's devices (default: all of jax.devices()).
+    `devices`: the mesh's devices (default: all of jax.devices()). `seeds` (two or more): members
+    that differ only in `train.seed`, trained as one program: the state gets a leading member
+    axis, initialised member by member exactly as a run with that seed would be, and the step is
+    `jax.vmap`ped over it with the batch shared (the data order is `data.seed`'s, the same for
+    all members).
     """
     model_cfg = exp.model_config(tokenizer.vocab_size)
     mesh = make_mesh(*exp.mesh.sizes, devices=devices)
     steps = exp.steps
-    seed = exp.train.seed
+    seeds = tuple(int(s) for s in seeds) if seeds is not None and len(seeds) > 1 else None
 
-    make_model = lambda: Transformer(model_cfg, rngs=nnx.Rngs(seed))
+    make_model = lambda seed=exp.train.seed: Transformer(model_cfg, rngs=nnx.Rngs(seed))
     graphdef, abstract_params, rest = nnx.split(nnx.eval_shape(make_model), nnx.Param, ...)
     if jax.tree.leaves(rest):
         raise NotImplementedError("the model has non-Param state; the train step only carries "
@@ -211,19 +231,30 @@ def build(exp: Experiment, tokenizer: Any, devices: list[Any] | None = None) -> 
     abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
 
-    def init() -> TrainState:
-        _, params, _ = nnx.split(make_model(), nnx.Param, ...)
+    def init(seed: int = exp.train.seed) -> TrainState:
+        _, params, _ = nnx.split(make_model(seed), nnx.Param, ...)
         params = nnx.to_pure_dict(params)
         # Dropout key: a stream separate from parameter init (nnx.Rngs(seed) uses key(seed)).
         rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=tx.init(params), rng=rng)
 
-    init_fn = jax.jit(init, out_shardings=shardings)
     batch_sharding = jax.sharding.NamedSharding(mesh, logical_to_spec(("batch", "length")))
     step_fn = make_train_step(graphdef, tx, schedule, microbatches=exp.train.microbatches,
                               z_loss=exp.train.z_loss, dropout=model_cfg.dropout > 0,
                               skip_nonfinite=exp.train.on_nan == "skip")
+    member_abstract, member_shardings = abstract_state, shardings
+    if seeds is None:
+        init_fn = jax.jit(init, out_shardings=shardings)
+    else:
+        shardings = jax.tree.map(_stacked, shardings)
+        abstract_state = jax.tree.map(
+            lambda a, sh: jax.ShapeDtypeStruct((len(seeds), *a.shape), a.dtype, sharding=sh),
+            member_abstract, shardings)
+        init_fn = jax.jit(lambda: jax.tree.map(lambda *xs: jnp.stack(xs),
+                                               *[init(s) for s in seeds]),
+                          out_shardings=shardings)
+        step_fn = jax.vmap(step_fn, in_axes=(0, None))
     train_step = jit_train_step(step_fn, shardings, batch_sharding, replicated)
     token_bytes = jnp.asarray(np.asarray(tokenizer.token_byte_lengths(), np.int32))
     eval_fn = make_eval_step(graphdef, token_bytes)
@@ -232,7 +263,8 @@ def build(exp: Experiment, tokenizer: Any, devices: list[Any] | None = None) -> 
                  graphdef=graphdef, tx=tx, schedule=schedule, abstract_state=abstract_state,
                  state_shardings=shardings, batch_sharding=batch_sharding, replicated=replicated,
                  train_step=train_step, eval_step=eval_step, steps=steps, init_fn=init_fn,
-                 decay_mask=decay_mask)
+                 decay_mask=decay_mask, seeds=seeds, member_abstract_state=member_abstract,
+                 member_shardings=member_shardings)
 
 
 def abstract_batch(exp: Experiment, sharding: Any) -> dict[str, jax.ShapeDtypeStruct]:
@@ -314,10 +346,39 @@ class Hook:
                 or (self.at_end and step == loop.steps))
 
 
+class _SharedState:
+    """The TrainState of all members of one program (stacked along a leading axis when there are
+    several) and each member's own TrainState, sliced out once per step when a hook asks."""
+
+    def __init__(self, setup: Setup, value: TrainState):
+        self.value = value
+        self._views: dict[int, TrainState] = {}
+        self._take = None
+        if setup.members > 1:
+            self._take = jax.jit(lambda s, i: jax.tree.map(lambda x: x[i], s),
+                                 out_shardings=setup.member_shardings)
+
+    def set(self, value: TrainState) -> None:
+        self.value = value
+        self._views.clear()
+
+    def member(self, i: int) -> TrainState:
+        if self._take is None:
+            return self.value
+        if i not in self._views:
+            self._views[i] = self._take(self.value, jnp.int32(i))
+        return self._views[i]
+
+
+def _member_view(tree: Any, i: int, members: int) -> Any:
+    """Member i's entries of stacked metrics (the tree itself for a single run)."""
+    return tree if members == 1 else jax.tree.map(lambda x: x[i], tree)
+
+
 @dataclasses.dataclass
 class Loop:
-    """What hooks see: the run, its state at `step`, and the writers. Hooks read `state`; only
-    the loop replaces it."""
+    """What hooks see: one run (one member of the program), its state at `step`, and its
+    writers. Hooks read `state`; only the loop replaces it."""
 
     exp: Experiment
     run: RunDir
@@ -326,7 +387,7 @@ class Loop:
     train_iter: Any
     writer: MetricsWriter
     bar: Progress
-    state: TrainState
+    shared: _SharedState
     step: int
     steps: int
     resumed_from: int | None
@@ -337,6 +398,12 @@ class Loop:
     last_train: dict[str, Any] | None = None
     last_eval: dict[str, Any] | None = None
     stopped: bool = False  # hooks may ask the loop to stop after this step
+    member: int = 0  # index in the program's members (0 for a single run)
+
+    @property
+    def state(self) -> TrainState:
+        """This run's TrainState at `step` (for a member: its slice of the shared state)."""
+        return self.shared.member(self.member)
 
     @property
     def primary(self) -> bool:
@@ -422,40 +489,50 @@ def checkpoint_hook(loop: Loop, keep_steps: Sequence[int]) -> Hook:
 
 
 class _Guard:
-    """The non-finite check: each step's flag is read one step late (or at once before hooks).
-    on_nan='stop' raises; 'skip' records the skip and raises after max_skips in a row."""
+    """The non-finite check: each step's flags are read one step late (or at once before hooks).
+    on_nan='stop' raises; 'skip' records the skip and raises after max_skips in a row (counted
+    per member)."""
 
-    def __init__(self, loop: Loop):
-        self.loop = loop
+    def __init__(self, loops: Sequence[Loop]):
+        self.loops = list(loops)
         self.pending: tuple[int, dict[str, jax.Array]] | None = None
-        self.skips = 0
+        self.skips = [0] * len(self.loops)
 
     def push(self, step: int, metrics: dict[str, jax.Array]) -> None:
         self.flush()
         self.pending = (step, metrics)
 
     def flush(self) -> None:
-        if self.pending is not None:
-            step, metrics = self.pending
-            self.pending = None
-            self._check(step, metrics)
-
-    def _check(self, step: int, metrics: dict[str, jax.Array]) -> None:
-        if bool(metrics["finite"]):
-            self.skips = 0
+        if self.pending is None:
             return
-        loop, cfg = self.loop, self.loop.exp.train
+        step, metrics = self.pending
+        self.pending = None
+        finite = np.atleast_1d(np.asarray(metrics["finite"]))  # the one value read every step
+        if finite.all():
+            self.skips = [0] * len(self.loops)
+            return
+        host = jax.device_get(metrics)
+        for i in range(len(self.loops)):
+            if finite[i]:
+                self.skips[i] = 0
+            else:
+                self._check(i, step, _member_view(host, i, len(self.loops)))
+
+    def _check(self, i: int, step: int, metrics: dict[str, Any]) -> None:
+        loop, cfg = self.loops[i], self.loops[i].exp.train
+        who = f" ({loop.run.path})" if len(self.loops) > 1 else ""
         loss, gnorm = float(metrics["loss"]), float(metrics["grad_norm"])
         if math.isfinite(loss) and math.isfinite(gnorm):  # the update itself overflowed
-            what = f"non-finite parameters or optimizer state after the update at step {step} " \
-                   f"(loss={loss}, grad_norm={gnorm} were finite)"
+            what = f"non-finite parameters or optimizer state after the update at step {step}" \
+                   f"{who} (loss={loss}, grad_norm={gnorm} were finite)"
         else:
-            what = f"non-finite loss or gradient at step {step} (loss={loss}, grad_norm={gnorm})"
+            what = f"non-finite loss or gradient at step {step}{who} (loss={loss}, " \
+                   f"grad_norm={gnorm})"
         if cfg.on_nan == "skip":
-            self.skips += 1
+            self.skips[i] += 1
             loop.writer.write({"kind": "skip", "step": step, "loss": loss, "grad_norm": gnorm})
-            loop.bar.log(f"step {step}: {what}; update skipped ({self.skips} in a row)")
-            if self.skips < cfg.max_skips:
+            loop.bar.log(f"step {step}: {what}; update skipped ({self.skips[i]} in a row)")
+            if self.skips[i] < cfg.max_skips:
                 return
             what = f"{cfg.max_skips} consecutive skipped updates (max_skips), the last {what}"
         loop.ckpt.wait()
@@ -472,42 +549,54 @@ def _after_save(loop: Loop, hooks: Sequence[Hook]) -> None:
             hook.fn(loop)
 
 
-def run_loop(loop: Loop, hooks: Sequence[Hook], stop: _StopFlag) -> bool:
-    """Steps until the last step or a stop signal, calling the due hooks; True when preempted."""
-    compiled = compile_train_step(loop.setup, loop.exp)
-    guard = _Guard(loop)
-    for hook in hooks:
-        if hook.start is not None:
-            hook.start(loop)
-    if any(0 in h.steps for h in hooks) and loop.step == 0:
-        loop.save()  # log-spaced checkpoints start at step 0 (and their probes with them)
-        _after_save(loop, hooks)
-    batch_size = loop.exp.data.batch_size
-    while loop.step < loop.steps and not loop.stopped:
-        if _should_stop(stop, loop.process_count, loop.step, loop.exp.train.log_every):
+def run_loop(loops: Sequence[Loop], hooks: Sequence[Sequence[Hook]], stop: _StopFlag) -> bool:
+    """Steps until the last step or a stop signal, calling each member's due hooks (`hooks[i]`
+    are `loops[i]`'s); True when preempted. All members share one state, one data iterator and
+    one compiled step, so they are always at the same step."""
+    lead = loops[0]
+    compiled = compile_train_step(lead.setup, lead.exp)
+    guard = _Guard(loops)
+    for loop, member_hooks in zip(loops, hooks, strict=True):
+        for hook in member_hooks:
+            if hook.start is not None:
+                hook.start(loop)
+        if any(0 in h.steps for h in member_hooks) and loop.step == 0:
+            loop.save()  # log-spaced checkpoints start at step 0 (and their probes with them)
+            _after_save(loop, member_hooks)
+    batch_size, members = lead.exp.data.batch_size, len(loops)
+    step = lead.step
+    while step < lead.steps and not any(loop.stopped for loop in loops):
+        if _should_stop(stop, lead.process_count, step, lead.exp.train.log_every):
             break
-        batch = _global_batch(next(loop.train_iter), loop.setup.batch_sharding, batch_size)
-        loop.state, metrics = compiled(loop.state, batch)
-        loop.step += 1
-        guard.push(loop.step, metrics)  # checks the previous step: this one is queued already
-        due = [h for h in hooks if not h.after_save and h.due(loop)]
-        if not due:
+        batch = _global_batch(next(lead.train_iter), lead.setup.batch_sharding, batch_size)
+        state, metrics = compiled(lead.shared.value, batch)
+        lead.shared.set(state)
+        step += 1
+        for loop in loops:
+            loop.step = step
+        guard.push(step, metrics)  # checks the previous step: this one is queued already
+        due = [[h for h in member_hooks if not h.after_save and h.due(loop)]
+               for loop, member_hooks in zip(loops, hooks, strict=True)]
+        if not any(due):
             continue
         guard.flush()
-        loop.metrics = metrics
-        for hook in due:
-            hook.fn(loop)
-        _after_save(loop, hooks)
+        for i, (loop, member_due) in enumerate(zip(loops, due, strict=True)):
+            loop.metrics = _member_view(metrics, i, members)
+            for hook in member_due:
+                hook.fn(loop)
+            _after_save(loop, hooks[i])
     guard.flush()
-    preempted = loop.step < loop.steps
+    preempted = step < lead.steps
     if preempted:
-        if loop.step > 0:
-            # No after-save hooks: a preempted run must exit fast; the resumed run catches up.
-            loop.save()  # no-op when this step's checkpoint exists (e.g. just restored)
-            loop.bar.log(f"received signal {stop.signum}: saved checkpoint at step {loop.step}, "
+        for loop in loops:
+            if loop.step > 0:
+                # No after-save hooks: a preempted run must exit fast; the resumed run catches up.
+                loop.save()  # no-op when this step's checkpoint exists (e.g. just restored)
+        if step > 0:
+            lead.bar.log(f"received signal {stop.signum}: saved checkpoint at step {step}, "
                          "exiting")
         else:
-            loop.bar.log(f"received signal {stop.signum} before the first step, exiting")
+            lead.bar.log(f"received signal {stop.signum} before the first step, exiting")
     return preempted
 
 
@@ -528,13 +617,46 @@ def train(exp: Experiment | Any, workdir: str, *, hooks: Sequence[Callable[[Loop
     Raises UserError for bad input (before writing anything), TrainingDiverged on non-finite
     values. SIGTERM/SIGINT: saves a checkpoint and returns with preempted=True.
     """
+    (result,) = train_members(exp, [workdir], hooks=hooks, allow_changes=allow_changes,
+                              argv=argv, return_state=return_state, progress=progress,
+                              devices=devices)
+    return result
+
+
+def member_seeds(exp: Experiment, count: int) -> list[int]:
+    """The seeds of `count` members of `exp`: train.seed, train.seed + 1, ..."""
+    return [exp.train.seed + i for i in range(count)]
+
+
+def train_members(exp: Experiment | Any, workdirs: Sequence[str], *,
+                  seeds: Sequence[int] | None = None,
+                  hooks: Sequence[Callable[[Loop], Hook | None]] = (),
+                  allow_changes: Sequence[str] = (), argv: list[str] | None = None,
+                  return_state: bool = False, progress: bool = True,
+                  devices: list[Any] | None = None) -> list[TrainResult]:
+    """Trains one run per workdir as ONE compiled program: member i is `exp` with
+    `train.seed = seeds[i]` (default `member_seeds`), in `workdirs[i]`. Each member is a run
+    like any other — its own config.json (with its seed), metrics, checkpoints, status and
+    probes — and gives the same numbers as `train` of its own config would, up to float rounding
+    (the step is vmapped over the members; they share the batches). Resuming restores every
+    member at the newest step all of them saved. With one workdir this is `train`."""
     if not isinstance(exp, Experiment):
         exp = parse_experiment(exp)
+    seeds = list(member_seeds(exp, len(workdirs)) if seeds is None else seeds)
+    if len(seeds) != len(workdirs) or not workdirs:
+        raise UserError(f"{len(workdirs)} workdir(s) for {len(seeds)} seed(s): one each")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"seeds {seeds}: each member needs its own seed")
+    paths = [os.path.abspath(rundir.check_dir_path(w)) for w in workdirs]
+    if len(set(paths)) != len(paths):
+        raise UserError(f"--workdir: the members' run directories must differ, got {paths}")
+    exps = [exp if s == exp.train.seed else parse_experiment({**exp.source, "seed": int(s)})
+            for s in seeds]
     with _StopFlag() as stop:  # from the start: a signal during start-up still exits cleanly
         distributed.initialize(exp.train.distributed)
         n_devices = jax.device_count() if devices is None else len(devices)
         exp.check_devices(n_devices, jax.process_count())
-        run = RunDir(rundir.check_dir_path(workdir))
+        runs = [RunDir(p) for p in paths]
         if exp.train.probe_checkpoints and not hooks:
             raise UserError("probe_checkpoints=True needs the probe hook: train with "
                             "`llmjax train` or llmjax.run.train")
@@ -542,9 +664,11 @@ def train(exp: Experiment | Any, workdir: str, *, hooks: Sequence[Callable[[Loop
         # written: the dataset is prepared there if needed).
         tokenizer = get_data_tokenizer(exp.data)
         check_train_steps(exp.data, tokenizer, exp.steps)  # finite data (num_epochs) suffices
-        setup = build(exp, tokenizer, devices)
-        with _hold_run(run, print if progress else None):
-            return _train(exp, run, setup, stop, hooks=hooks, allow_changes=allow_changes,
+        setup = build(exp, tokenizer, devices, seeds=seeds if len(seeds) > 1 else None)
+        with contextlib.ExitStack() as held:
+            for run in runs:
+                held.enter_context(_hold_run(run, print if progress else None))
+            return _train(exps, runs, setup, stop, hooks=hooks, allow_changes=allow_changes,
                           argv=argv, return_state=return_state, progress=progress)
 
 
@@ -573,69 +697,109 @@ def _check_resume(exp: Experiment, run: RunDir, allow: Sequence[str]) -> dict[st
                                          where=f"--workdir={run.path}")
 
 
-def _train(exp: Experiment, run: RunDir, setup: Setup, stop: _StopFlag, *, hooks: Sequence[Any],
-           allow_changes: Sequence[str], argv: list[str] | None, return_state: bool,
-           progress: bool) -> TrainResult:
+def _restore_members(ckpts: list[Checkpointer], abstract: dict[str, Any],
+                     say: Callable[[str], Any]) -> list[tuple[int, Any, dict, dict] | None]:
+    """Each member's newest restorable checkpoint, at one step for all: members ahead of the
+    newest step every member saved (a kill between the members' saves) are restored at that
+    step, and their newer steps set aside as `<step>.ahead` (the resumed program redoes them)."""
+    restored = [c.restore_latest(abstract, say=say) for c in ckpts]
+    steps = {r[0] if r is not None else None for r in restored}
+    if len(steps) == 1:
+        return restored
+    common = set.intersection(*(set(c.complete_steps()) for c in ckpts))
+    if not common:
+        found = ", ".join(f"{c.directory}: {r[0] if r else 'none'}"
+                          for c, r in zip(ckpts, restored, strict=True))
+        raise UserError(f"the members' checkpoints have no step in common ({found}); resume "
+                        "them one by one or remove the newer checkpoints")
+    step = max(common)
+    for i, c in enumerate(ckpts):
+        if restored[i][0] != step:
+            c.set_aside([s for s in c.complete_steps() if s > step], say, suffix=".ahead",
+                        why="ahead-of-the-other-members")
+            restored[i] = (step, *c.restore(step, abstract))
+    return restored
+
+
+def _train(exps: list[Experiment], runs: list[RunDir], setup: Setup, stop: _StopFlag, *,
+           hooks: Sequence[Any], allow_changes: Sequence[str], argv: list[str] | None,
+           return_state: bool, progress: bool) -> list[TrainResult]:
     n_proc, proc = jax.process_count(), jax.process_index()
     primary = proc == 0
-    tokenizer = setup.tokenizer
-    changes = _check_resume(exp, run, allow_changes)
+    tokenizer, exp = setup.tokenizer, exps[0]
+    changes = [_check_resume(e, r, allow_changes) for e, r in zip(exps, runs, strict=True)]
     say = print if progress and primary else (lambda *_: None)
     keep_steps = log_spaced_steps(setup.steps) if exp.train.log_spaced_checkpoints else []
-    run.create()
-    if primary:
-        removed = remove_incomplete(run.checkpoints_dir)
-        if removed:
-            say(f"ignored incomplete checkpoint(s) {', '.join(removed)}")
+    for run in runs:
+        run.create()
+        if primary:
+            removed = remove_incomplete(run.checkpoints_dir)
+            if removed:
+                say(f"ignored incomplete checkpoint(s) {', '.join(removed)} in {run.path}")
     if n_proc > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("llmjax: incomplete checkpoints removed")
-    ckpt = Checkpointer(run.path, keep_last=exp.train.keep_checkpoints,
-                        keep_every=exp.train.keep_every, keep_steps=keep_steps)
+    ckpts = [Checkpointer(run.path, keep_last=exp.train.keep_checkpoints,
+                          keep_every=exp.train.keep_every, keep_steps=keep_steps) for run in runs]
     train_iter = make_train_iterator(setup.data_cfg, tokenizer, process_index=proc,
                                      process_count=n_proc)
-    restored = ckpt.restore_latest(setup.abstract_state.as_dict(), say=say)
-    if restored is not None:
-        resume_step, state_dict, data_state, _ = restored
-        state = TrainState.from_dict(state_dict)
-        train_iter.set_state(data_state)
+    restored = _restore_members(ckpts, setup.member_abstract_state.as_dict(), say)
+    if restored[0] is not None:
+        resume_step = restored[0][0]
+        members = [TrainState.from_dict(r[1]) for r in restored]
+        train_iter.set_state(restored[0][2])  # the members share one data order
+        state = members[0] if setup.members == 1 else jax.jit(
+            lambda *xs: jax.tree.map(lambda *leaves: jnp.stack(leaves), *xs),
+            out_shardings=setup.state_shardings)(*members)
     else:
         resume_step, state = None, setup.init_fn()
-    if primary:
-        _write_run_files(run, exp, resume_step, tokenizer, argv, setup.mesh, changes)
-    writer = MetricsWriter(run.path, resume_step=resume_step or 0,
-                           tensorboard=exp.train.tensorboard, enabled=primary)
-    bar = Progress(setup.steps, resume_step or 0, enabled=primary and progress)
-    loop = Loop(exp=exp, run=run, setup=setup, ckpt=ckpt, train_iter=train_iter, writer=writer,
-                bar=bar, state=state, step=resume_step or 0, steps=setup.steps,
-                resumed_from=resume_step, process_index=proc, process_count=n_proc,
-                saved_step=resume_step)
+    shared = _SharedState(setup, state)
+    loops = []
+    for i, (e, run, ckpt) in enumerate(zip(exps, runs, ckpts, strict=True)):
+        if primary:
+            _write_run_files(run, e, resume_step, tokenizer, argv, setup.mesh, changes[i])
+        writer = MetricsWriter(run.path, resume_step=resume_step or 0,
+                               tensorboard=e.train.tensorboard, enabled=primary)
+        # One progress bar: the first member's (the others' lines are in their metrics).
+        bar = Progress(setup.steps, resume_step or 0, enabled=primary and progress and i == 0)
+        loops.append(Loop(exp=e, run=run, setup=setup, ckpt=ckpt, train_iter=train_iter,
+                          writer=writer, bar=bar, shared=shared, step=resume_step or 0,
+                          steps=setup.steps, resumed_from=resume_step, process_index=proc,
+                          process_count=n_proc, saved_step=resume_step, member=i))
     status, preempted = Status.FAILED, False
     try:
         if primary:
-            run.write_status(Status.RUNNING, pid=os.getpid(), host=socket.gethostname(),
-                             steps=setup.steps, step=loop.step)
+            together = {"members": [r.path for r in runs]} if len(runs) > 1 else {}
+            for loop in loops:
+                loop.run.write_status(Status.RUNNING, pid=os.getpid(), host=socket.gethostname(),
+                                      steps=setup.steps, step=loop.step, **together)
         if resume_step is not None:
-            bar.log(f"resumed from checkpoint at step {resume_step}")
-        standard = [log_hook(loop), eval_hook(loop), checkpoint_hook(loop, keep_steps)]
-        all_hooks = [h for h in standard + [make(loop) for make in hooks] if h is not None]
-        preempted = run_loop(loop, all_hooks, stop)
+            loops[0].bar.log(f"resumed from checkpoint at step {resume_step}")
+        all_hooks = []
+        for loop in loops:
+            standard = [log_hook(loop), eval_hook(loop), checkpoint_hook(loop, keep_steps)]
+            all_hooks.append([h for h in standard + [make(loop) for make in hooks]
+                              if h is not None])
+        preempted = run_loop(loops, all_hooks, stop)
         status = Status.INTERRUPTED if preempted else Status.COMPLETE
     finally:
         try:
-            bar.close()
-            ckpt.close()  # waits for async saves: `complete` is written after the last landed
-            writer.close()
+            loops[0].bar.close()
+            for loop in loops:
+                loop.ckpt.close()  # waits for async saves: `complete` comes after the last one
+                loop.writer.close()
         except BaseException:
             status = Status.FAILED  # an async save failed: the last checkpoint is not there
             raise
         finally:
             if primary:
-                run.write_status(status, step=loop.step, steps=setup.steps, pid=None)
-    return TrainResult(workdir=run.path, step=loop.step, total_steps=setup.steps,
-                       preempted=preempted, resumed_from=resume_step, last_train=loop.last_train,
-                       last_eval=loop.last_eval, state=loop.state if return_state else None)
+                for loop in loops:
+                    loop.run.write_status(status, step=loop.step, steps=setup.steps, pid=None)
+    return [TrainResult(workdir=loop.run.path, step=loop.step, total_steps=setup.steps,
+                        preempted=preempted, resumed_from=resume_step, last_train=loop.last_train,
+                        last_eval=loop.last_eval, state=loop.state if return_state else None)
+            for loop in loops]
 
 
 def _should_stop(stop: _StopFlag, n_proc: int, step: int, log_every: int) -> bool:
@@ -652,4 +816,4 @@ def _should_stop(stop: _StopFlag, n_proc: int, step: int, log_every: int) -> boo
 
 
 __all__ = ["Hook", "Loop", "Setup", "TrainResult", "TrainingDiverged", "build",
-           "compile_train_step", "train"]
+           "compile_train_step", "member_seeds", "train", "train_members"]
