@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from llmjax.config import load_config, parse_experiment  # noqa: E402
 from llmjax.model.flops import flops_per_token, param_counts  # noqa: E402
 from llmjax.train import mfu as mfu_lib  # noqa: E402
-from llmjax.train.info import _SizeOnlyTokenizer  # noqa: E402
+from llmjax.train.info import SizeOnlyTokenizer  # noqa: E402
 from llmjax.train.loop import abstract_batch, build, compile_train_step  # noqa: E402
 
 LM = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "lm.py")
@@ -48,7 +48,7 @@ def bench_one(name: str, steps: int, batch: int, seq: int, peak: mfu_lib.Peak,
                                              "optimizer.warmup_steps=1", "mesh.data=-1",
                                              f"model.compute_dtype={dtype}"])
     config = parse_experiment(config, jax.device_count())
-    setup = build(config, _SizeOnlyTokenizer(259))
+    setup = build(config, SizeOnlyTokenizer(259))
     t0 = time.perf_counter()
     compiled = compile_train_step(setup, config)
     compile_s = time.perf_counter() - t0

@@ -22,7 +22,11 @@ POSITIONS = ("rope", "learned")
 NORMS = ("rmsnorm", "layernorm")
 MLPS = ("gelu", "swiglu", "none")
 REMATS = ("none", "full", "dots")
-ATTENTIONS = ("fused", "reference")
+# fused: jax.nn.dot_product_attention, the implementation XLA picks (on the CPU backend the
+#   written-out attention, which measured faster there); cudnn: the same call with
+#   implementation='cudnn' (cuDNN's flash attention on NVIDIA GPUs; an error elsewhere);
+# reference: the written-out softmax(QK^T)V everywhere.
+ATTENTIONS = ("fused", "cudnn", "reference")
 PARAMETRIZATIONS = ("sp", "mup")
 DTYPES = ("float32", "bfloat16", "float16")
 

@@ -24,7 +24,7 @@ from llmjax.train.loop import build, compile_train_step
 
 
 @dataclasses.dataclass
-class _SizeOnlyTokenizer:
+class SizeOnlyTokenizer:
     """Stands in for the tokenizer when only its vocabulary size matters (no data is read)."""
 
     vocab_size: int
@@ -44,7 +44,7 @@ def describe(exp: Experiment | Any, *, compile_step: bool = True) -> dict[str, A
     if not isinstance(exp, Experiment):
         exp = config_lib.parse_experiment(exp)
     exp.check_devices(jax.device_count(), jax.process_count())
-    setup = build(exp, _SizeOnlyTokenizer(_vocab_size(exp)))
+    setup = build(exp, SizeOnlyTokenizer(_vocab_size(exp)))
     counts = param_counts(setup.model_cfg)
     flops = flops_per_token(setup.model_cfg, exp.data.seq_len)
     tokens = setup.steps * exp.tokens_per_step
