@@ -36,11 +36,11 @@ def test_dense_matches_einsum_value_and_grads(dtype):
                                    rtol=tol, atol=tol * 10)
 
 
-def _loss_and_grads(cfg: ModelConfig, tokens: jax.Array):
+def _loss_and_grads(cfg: ModelConfig, tokens: jax.Array, training: bool):
     graphdef, params, _ = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
 
     def loss(p):
-        logits = nnx.merge(graphdef, p)(tokens)
+        logits = nnx.merge(graphdef, p)(tokens, training=training)
         return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[..., 0]), logits
 
     (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
@@ -48,14 +48,13 @@ def _loss_and_grads(cfg: ModelConfig, tokens: jax.Array):
 
 
 @pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
-def test_cpu_path_matches_generic_path(monkeypatch, mlp):
+def test_cpu_path_matches_generic_path(mlp):
     cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2,
                       max_seq_len=16, mlp=mlp, attention="fused", scan_layers=True)
     tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 16), 0, cfg.vocab_size)
     assert transformer_lib._on_cpu()  # the suite runs on the CPU backend
-    fast = _loss_and_grads(cfg, tokens)
-    monkeypatch.setattr(transformer_lib, "_on_cpu", lambda: False)  # scan loop + fused attention
-    generic = _loss_and_grads(cfg, tokens)
+    fast = _loss_and_grads(cfg, tokens, training=True)  # unrolled scan, written-out attention
+    generic = _loss_and_grads(cfg, tokens, training=False)  # scan loop + fused attention
     np.testing.assert_allclose(fast[0], generic[0], rtol=1e-6)
     np.testing.assert_allclose(fast[1], generic[1], rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(fast[2]), jax.tree.leaves(generic[2]), strict=True):

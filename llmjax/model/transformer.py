@@ -23,9 +23,11 @@ with nnx.scan, so compile time does not grow with depth.
 CPU fast paths (same math, same parameters; measured with experiments/bench/compare_torch.py on a
 2-core Xeon, A/B in one process): every weight matmul goes through `dense`, whose hand-written
 backward keeps XLA CPU from fusing a transpose into the gradient's elementwise producer (1.4x
-steps/s at the 12M shape); on the CPU backend the layer scan is fully unrolled (1.25-1.35x) and
-attention='fused' runs the written-out attention (1.08x; jax.nn.dot_product_attention has no
-fused CPU kernel, only a slower layout of the same einsums).
+steps/s at the 12M shape); on the CPU backend, in calls that will be differentiated (the train
+step passes `training=True`), the layer scan is fully unrolled (1.25-1.35x) and attention='fused'
+runs the written-out attention (1.08x; jax.nn.dot_product_attention has no fused CPU kernel).
+Forward-only calls (evals, probes) keep the scan loop and jax.nn.dot_product_attention: with the
+training paths a probe checkpoint of the demo's d64_l3 took ~20 s instead of ~14.5 s.
 """
 
 from __future__ import annotations
@@ -89,6 +91,11 @@ dense.defvjp(_dense_fwd, _dense_bwd)
 def _on_cpu() -> bool:
     """True when computations run on the CPU backend (decides the CPU fast paths at trace time)."""
     return jax.default_backend() == "cpu"
+
+
+def _cpu_training_paths(training: bool) -> bool:
+    """The unrolled scan and written-out attention: for differentiated calls on the CPU."""
+    return training and _on_cpu()
 
 
 # ---- building blocks ---------------------------------------------------------------------------
@@ -184,7 +191,8 @@ class Attention(nnx.Module):
         self.implementation = cfg.attention
 
     def __call__(
-        self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None, *, capture: bool = False
+        self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None, *, capture: bool = False,
+        training: bool = False,
     ) -> jax.Array:
         dtype = x.dtype
         b, s, d = x.shape
@@ -199,7 +207,7 @@ class Attention(nnx.Module):
         k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
         if capture or self.implementation == "reference" or (
-                self.implementation == "fused" and _on_cpu()):
+                self.implementation == "fused" and _cpu_training_paths(training)):
             out, probs = reference_attention(q, k, v, self.scale)
             if capture:
                 self.sow(nnx.Intermediate, "attention_weights", probs)
@@ -253,9 +261,10 @@ class Block(nnx.Module):
         *,
         deterministic: bool,
         capture: bool,
+        training: bool = False,
     ) -> jax.Array:
         keys = (None, None) if dropout_key is None else jax.random.split(dropout_key)
-        y = self.attn(self.attn_norm(x), rope, capture=capture)
+        y = self.attn(self.attn_norm(x), rope, capture=capture, training=training)
         x = x + self.dropout(y, deterministic=deterministic, rngs=keys[0])
         if self.mlp is not None:
             y = self.mlp(self.mlp_norm(x))
@@ -317,8 +326,12 @@ class Transformer(nnx.Module):
         deterministic: bool = True,
         rngs: nnx.Rngs | jax.Array | None = None,
         capture_attention: bool = False,
+        training: bool = False,
     ) -> jax.Array:
         """tokens int32 [batch, seq] -> logits float32 [batch, seq, vocab].
+
+        training=True: this call will be differentiated (the train step); on the CPU backend it
+        takes the layout that is faster with a backward pass (module docstring). Same values.
 
         deterministic=False applies dropout and needs `rngs` (an nnx.Rngs with a 'dropout' stream,
         or a PRNG key). capture_attention=True runs the reference attention and sows float32 probs
@@ -350,7 +363,7 @@ class Transformer(nnx.Module):
         x = constrain(x, ("batch", "length", "act_embed"))
         rope = rope_tables(seq, cfg.head_dim, cfg.rope_theta) if cfg.positions == "rope" else None
 
-        x = self._run_blocks(x, rope, layer_keys, not use_dropout, capture_attention)
+        x = self._run_blocks(x, rope, layer_keys, not use_dropout, capture_attention, training)
 
         x = self.final_norm(x)
         w_out = self.embed[...].T if self.unembed is None else self.unembed[...]  # [d_model, vocab]
@@ -369,12 +382,14 @@ class Transformer(nnx.Module):
         layer_keys: jax.Array | None,
         deterministic: bool,
         capture: bool,
+        training: bool = False,
     ) -> jax.Array:
         """Apply the n_layers blocks: a python loop (unrolled) or one nnx.scan (stacked params)."""
         cfg = self.cfg
 
         def layer(block: Block, x: jax.Array, key: jax.Array | None) -> jax.Array:
-            return block(x, rope, key, deterministic=deterministic, capture=capture)
+            return block(x, rope, key, deterministic=deterministic, capture=capture,
+                         training=training)
 
         if cfg.remat != "none" and not capture:
             # Inside scan, CSE cannot merge the recomputation away, so prevent_cse is not needed.
@@ -386,7 +401,7 @@ class Transformer(nnx.Module):
             # CPU: unroll the scan fully (same stacked parameters, no while loop). Measured 1.36x
             # steps/s at 2 layers and 1.25x at 6: the loop's per-iteration dynamic-slices of the
             # stacked weights and residuals, and its serialised small ops, go away.
-            unroll = cfg.n_layers if _on_cpu() else 1
+            unroll = cfg.n_layers if _cpu_training_paths(training) else 1
             if layer_keys is None:
                 scan = nnx.scan(
                     lambda x, block: layer(block, x, None),

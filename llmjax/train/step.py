@@ -107,7 +107,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     def sums_and_grads(params: Any, batch: Batch, key: jax.Array | None):
         def objective(p: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
             model = nnx.merge(graphdef, p)
-            logits = model(batch["inputs"], deterministic=not dropout, rngs=key)
+            logits = model(batch["inputs"], deterministic=not dropout, rngs=key, training=True)
             nll, zsq, count = token_losses(logits, batch["targets"], batch["loss_mask"])
             return nll + z_loss * zsq, (nll, zsq, count)
 
