@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         env,
     )
     if not args.skip_probes:
-        timings["probes"] = 0.0
-        for run in _finished_runs(workdir):
-            timings["probes"] += _step(f"3/5 probes ({os.path.basename(run)})",
-                                       ["probe", f"--workdir={run}", "--all_steps", "--quiet"],
-                                       env)
+        runs = _finished_runs(workdir)
+        if runs:  # one process for every run: imports, probe data and programs are shared
+            timings["probes"] = _step(f"3/5 probes ({len(runs)} runs)",
+                                      ["probe", f"--workdir={','.join(runs)}", "--all_steps",
+                                       "--quiet"], env)
     timings["results"] = _step("4/5 results", ["results", f"--workdir={workdir}"], env)
     timings["report"] = _step("5/5 report", ["report", f"--workdir={workdir}"], env)
 

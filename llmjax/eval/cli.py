@@ -1,8 +1,10 @@
-"""`llmjax probe --workdir=RUN [--step=S | --all_steps] [--tasks=a,b]`.
+"""`llmjax probe --workdir=RUN[,RUN2,...] [--step=S | --all_steps] [--tasks=a,b]`.
 
 Runs the run's probe suite (`config.evals`, or the default suite) on its latest checkpoint, one
-step, or every complete checkpoint; merges the records into RUN/probes.jsonl (re-running replaces
-records, never duplicates them) and prints a compact table of the last step probed.
+step, or every complete checkpoint; merges the records into RUN/probes.jsonl (re-running
+replaces records, never duplicates them) and prints a compact table of the last step probed.
+Several runs (a comma-separated list, or --workdir repeated) are probed one after the other in
+one process, sharing imports, probe data and the compiled programs of equal model shapes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any
 
 from llmjax.errors import UserError
 
-USAGE = "usage: llmjax probe --workdir=RUN [--step=S | --all_steps] [--tasks=a,b] [--quiet]"
+USAGE = ("usage: llmjax probe --workdir=RUN[,RUN...] [--step=S | --all_steps] [--tasks=a,b] "
+         "[--quiet]")
 _FLAGS = ("workdir", "step", "tasks")
 _SWITCHES = ("all_steps", "quiet")
 
@@ -41,6 +44,8 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
                 if not args:
                     raise UserError(f"--{name} needs a value")
                 value = args.pop(0)
+            if name == "workdir" and out.get("workdir"):
+                value = out["workdir"] + "," + value  # --workdir repeated: every one
             out[name] = value
         else:
             raise UserError(f"unknown flag --{name}; allowed: "
@@ -108,10 +113,19 @@ def main(argv: list[str]) -> int:
 
     steps: Any = "all" if args["all_steps"] else args.get("step")
     log = None if args["quiet"] else (lambda line: print(line, file=sys.stderr, flush=True))
-    records = run_probes(args["workdir"], steps, tasks=args.get("tasks"), log=log)
+    workdirs = [w for w in args["workdir"].split(",") if w]
+    for workdir in workdirs:
+        if len(workdirs) > 1:
+            print(f"== {workdir}")
+        _report(run_probes(workdir, steps, tasks=args.get("tasks"), log=log))
+    return 0
+
+
+def _report(records: Sequence[dict[str, Any]]) -> None:
+    """Prints one run's summary: a line per earlier step, the table of the last one."""
     if not records:
         print("no records (every probe was skipped)")
-        return 0
+        return
     last = max(r["step"] for r in records)
     for step in sorted({r["step"] for r in records}):
         if step == last:
@@ -125,4 +139,3 @@ def main(argv: list[str]) -> int:
     tokens = next(r["tokens"] for r in records if r["step"] == last)
     print(f"step {last} ({tokens} training tokens):")
     print(format_table([r for r in records if r["step"] == last]))
-    return 0

@@ -37,6 +37,7 @@ step, tokens)` runs the same suite on the in-memory parameters and merges into p
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -44,6 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -51,13 +53,13 @@ from llmjax import rundir
 from llmjax.config import Experiment, parse_experiment
 from llmjax.data import builders
 from llmjax.data.synthetic import build_world, generate_documents
-from llmjax.data.tokenizer import load_tokenizer_file
+from llmjax.data.tokenizer import ByteTokenizer, load_tokenizer_file
 from llmjax.errors import UserError
-from llmjax.eval import icl, metrics
+from llmjax.eval import harness, icl, metrics
 from llmjax.eval.harness import LM
 from llmjax.eval.suite import default_evals, resolve_evals
 from llmjax.eval.tasks import build_task, evaluate
-from llmjax.model import Transformer
+from llmjax.model import Transformer, attention_weights
 from llmjax.rundir import RunDir, read_jsonl
 from llmjax.train import checkpoint
 
@@ -156,22 +158,38 @@ def _synthetic_overrides(exp: Experiment) -> dict[str, Any] | None:
 def world_of(exp: Experiment) -> tuple[Any, bool]:
     """(World of the run's synthetic corpus or the default world, is_the_runs_own_world)."""
     overrides = _synthetic_overrides(exp)
-    return build_world(builders.synthetic_config(overrides or {})), overrides is not None
+    return _world(_world_key(overrides)), overrides is not None
+
+
+def _world_key(overrides: Mapping[str, Any] | None) -> str:
+    return json.dumps(overrides or {}, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _world(world_key: str) -> Any:
+    """The world of SyntheticConfig overrides `world_key` (JSON), built once per process."""
+    return build_world(builders.synthetic_config(json.loads(world_key)))
 
 
 def validation_texts(exp: Experiment, n: int) -> list[str]:
-    """The first n documents of the run's validation split."""
-    overrides = _synthetic_overrides(exp)
-    if overrides is not None:  # generated on the fly: needs no prepared dataset
+    """The first n documents of the run's validation split (read once per process)."""
+    return list(_validation_texts(exp.data.dataset_spec, exp.data.data_dir, int(n)))
+
+
+@functools.lru_cache(maxsize=16)
+def _validation_texts(dataset_spec: str, data_dir: str | None, n: int) -> tuple[str, ...]:
+    kind, _, arg = dataset_spec.partition(":")
+    if kind == "synthetic":  # generated on the fly: needs no prepared dataset
         out = []
-        for doc in generate_documents(builders.synthetic_config(overrides), "validation"):
+        for doc in generate_documents(builders.synthetic_config(builders.parse_overrides(arg)),
+                                      "validation"):
             if len(out) >= n:
                 break
             out.append(doc)
-        return out
-    source = builders.load_split(exp.data.dataset_spec, "validation", exp.data.data_dir)
-    return [bytes(r["text"]).decode("utf-8", errors="replace")
-            for r in (source[i] for i in range(min(n, len(source))))]
+        return tuple(out)
+    source = builders.load_split(dataset_spec, "validation", data_dir)
+    return tuple(bytes(r["text"]).decode("utf-8", errors="replace")
+                 for r in (source[i] for i in range(min(n, len(source)))))
 
 
 def induction_pool(tokenizer: Any) -> np.ndarray:
@@ -188,17 +206,22 @@ def induction_pool(tokenizer: Any) -> np.ndarray:
 
 def probe_model(model: Any, tokenizer: Any, max_len: int, exp: Experiment,
                 evals: Mapping[str, Mapping[str, Any]], *, batch_size: int = 16,
+                min_len: int = 32,
                 log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Runs the suite `evals` on an nnx Transformer; records without step/tokens."""
+    """Runs the suite `evals` on an nnx Transformer; records without step/tokens.
+
+    Scoring goes through `harness.LM` (the model's own forward pass), rows padded to batch_size
+    and lengths to the power-of-two buckets min_len..max_len (32, 64, 128 for a 128-token
+    window): a handful of compiled programs per model shape (`compiled_programs`), shared by
+    every checkpoint and run of that shape in the process."""
     graphdef, params = nnx.split(model)
-    lm = LM.from_model(graphdef, params, tokenizer, max_len, batch_size=batch_size)
-    world, own_world = world_of(exp)
-    texts_cache: dict[int, list[str]] = {}
+    lm = LM.from_model(graphdef, params, tokenizer, max_len, batch_size=batch_size,
+                       min_len=min_len)
+    overrides = _synthetic_overrides(exp)
+    own_world, world_key = overrides is not None, _world_key(overrides)
 
     def texts(n: int) -> list[str]:
-        if n not in texts_cache:
-            texts_cache[n] = validation_texts(exp, n)
-        return texts_cache[n]
+        return validation_texts(exp, n)
 
     records: list[dict[str, Any]] = []
 
@@ -214,9 +237,10 @@ def probe_model(model: Any, tokenizer: Any, max_len: int, exp: Experiment,
                 if log:
                     log(f"{name}: skipped (the run's data is not the synthetic corpus)")
                 continue
-            task = build_task(name, spec, world)
+            task, items = _task_items(name, json.dumps(dict(spec), sort_keys=True),
+                                      world_key, _tokenizer_key(tokenizer), max_len)
             for k in task.ks:
-                for s in evaluate(lm, task, k):
+                for s in evaluate(lm, task, k, items=items[k]):
                     add(name, k, s.metric, s.value, s.n)
         elif kind == "icl":
             n = int(spec.get("n", 64))
@@ -242,9 +266,10 @@ def probe_model(model: Any, tokenizer: Any, max_len: int, exp: Experiment,
                 raise UserError(f"evals.{name}.seq_len={seq_len}: the repeated sequence and BOS "
                                 f"must fit the window; allowed 1..{(max_len - 1) // 2}")
             n_seqs = int(spec.get("n_seqs", 16))
-            pm = icl.prefix_matching_scores(model, tokenizer.vocab_size, seq_len, n_seqs,
-                                            int(spec.get("seed", 0)), tokens=pool,
-                                            bos_id=tokenizer.bos_id)
+            batch = icl.repeated_random_tokens(pool, seq_len, n_seqs, int(spec.get("seed", 0)),
+                                               tokenizer.bos_id)
+            probs = np.asarray(_attention_weights(graphdef, params, jnp.asarray(batch)))
+            pm = icl.prefix_matching_from_attention(probs, batch[:, 1:1 + seq_len], 1)
             cp = icl.copying_scores(model, pool)
             for layer in range(pm.shape[0]):
                 for head in range(pm.shape[1]):
@@ -268,6 +293,37 @@ def probe_model(model: Any, tokenizer: Any, max_len: int, exp: Experiment,
         if log:
             log(f"{name}: {time.perf_counter() - t0:.1f}s")
     return records
+
+
+def _tokenizer_key(tokenizer: Any) -> Any:
+    """What the probe items depend on of a tokenizer: every ByteTokenizer is the same one (so runs
+    share items); any other is keyed by the object itself."""
+    return "byte" if type(tokenizer) is ByteTokenizer else tokenizer
+
+
+@functools.lru_cache(maxsize=256)
+def _task_items(name: str, spec_json: str, world_key: str, tokenizer_key: Any, max_len: int
+                ) -> tuple[Any, dict[int, list[Any]]]:
+    """(task, items per k) of one suite entry. They depend on the entry, the world, the tokenizer
+    and the window only, so they are built once per process for every checkpoint and run."""
+    tokenizer = ByteTokenizer() if tokenizer_key == "byte" else tokenizer_key
+    task = build_task(name, json.loads(spec_json), _world(world_key))
+    return task, {k: task.items(k, tokenizer, max_len) for k in task.ks}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _attention_weights(graphdef: Any, params: Any, tokens: jax.Array) -> jax.Array:
+    """`llmjax.model.attention_weights` of the model (graphdef, params), compiled once per model
+    shape and batch shape (graphdef is static, so models of equal configs share the program)."""
+    return attention_weights(nnx.merge(graphdef, params), tokens)
+
+
+def compiled_programs() -> dict[str, int]:
+    """How many programs the probe path has compiled in this process, per jitted function (its
+    jit cache size: one entry per distinct model shape x padded batch shape)."""
+    return {"score": harness._score._cache_size(),
+            "next_token": harness._next_token._cache_size(),
+            "attention_weights": _attention_weights._cache_size()}
 
 
 def _probe_step(run: Run, model: Any, step: int, tokens: int,
@@ -343,7 +399,9 @@ def _run_probes(run: Run, steps: None | str | int | Sequence[int],
         records = _probe_step(run, model, step, training_tokens(workdir, step, run.exp),
                               evals, log)
         if log:
-            log(f"step {step}: {len(records)} records in {time.perf_counter() - t0:.1f}s")
+            programs = compiled_programs()
+            log(f"step {step}: {len(records)} records in {time.perf_counter() - t0:.1f}s "
+                f"({sum(programs.values())} programs compiled in this process: {programs})")
         out.extend(records)
     return out
 
@@ -379,6 +437,6 @@ def write_records(workdir: str, records: Sequence[Mapping[str, Any]]) -> str:
     return path
 
 
-__all__ = ["Run", "checkpoint_steps", "default_evals", "load_params", "load_run", "probe_model",
-           "probe_params", "read_probes", "resolve_evals", "run_probes", "training_tokens",
-           "write_records"]
+__all__ = ["Run", "checkpoint_steps", "compiled_programs", "default_evals", "load_params",
+           "load_run", "probe_model", "probe_params", "read_probes", "resolve_evals", "run_probes",
+           "training_tokens", "write_records"]

@@ -369,9 +369,12 @@ class Score:
     n: int
 
 
-def evaluate(lm: Any, task: Task, k: int) -> list[Score]:
-    """Scores `task` at k shots with `lm` (an `llmjax.eval.harness.LM`); metrics in module doc."""
-    items = task.items(k, lm.tokenizer, lm.max_len)
+def evaluate(lm: Any, task: Task, k: int, items: Sequence[ProbeItem] | None = None
+             ) -> list[Score]:
+    """Scores `task` at k shots with `lm` (an `llmjax.eval.harness.LM`); metrics in module doc.
+    items: `task.items(k, lm.tokenizer, lm.max_len)` when the caller already has them."""
+    if items is None:
+        items = task.items(k, lm.tokenizer, lm.max_len)
     if not items:
         return []
     n = len(items)
