@@ -138,7 +138,10 @@ def plot_loss_vs_params(analysis: ScalingAnalysis) -> Figure | None:
             xs, means, ses, counts = (np.array(c) for c in zip(*stats, strict=True))
             ax.errorbar(xs, means, yerr=np.nan_to_num(ses), fmt="o", color="tab:blue",
                         capsize=3, zorder=4,
-                        label=f"mean ± SE over {int(counts.min())}–{int(counts.max())} seeds")
+                        label="mean ± SE over " + (f"{int(counts.min())}" if counts.min() ==
+                                                   counts.max() else
+                                                   f"{int(counts.min())}–{int(counts.max())}")
+                        + " seeds")
         else:
             ax.scatter(x, y, color="tab:blue", zorder=3, label="final eval loss (fitted points)")
         E = sec.params.get("E")
