@@ -126,10 +126,10 @@ def test_sweep_of_seeds_trains_each_group_as_one_program_and_reports_error_bars(
         assert status["members"] == group_dirs  # one program trained both replicates
     assert rows["w32_s0"]["final_eval_loss"] != rows["w32_s1"]["final_eval_loss"]
 
-    report = subprocess.run(
-        [sys.executable, "-m", "llmjax", "report", f"--workdir={workdir}", "--n_boot=50"],
-        capture_output=True, text=True, env=env, timeout=600)
-    assert report.returncode == 0, report.stdout + report.stderr
+    from test_report import run_cli  # llmjax's CLI in-process (the sweep above was real)
+
+    rc, out, err = run_cli(["report", f"--workdir={workdir}", "--n_boot=50"])
+    assert rc == 0, out + err
     md = (workdir / "report" / "report.md").read_text()
     assert "fitted on the final eval loss of 3 model sizes" in md
     assert "every one of the 6 runs is a point of the fit" in md
