@@ -57,6 +57,10 @@ def test_synthetic_metadata_carries_the_generator_config(synth_dir):
     cfg = synthetic.SyntheticConfig.from_dict(SMALL)
     assert meta["synthetic_config"] == json.loads(json.dumps(dataclasses.asdict(cfg)))
     assert meta["num_documents"] == {"train": 120, "validation": 15}
+    # The generator's entropy of the validation split, computed at build time (test_entropy).
+    from llmjax.data.entropy import split_entropy
+
+    assert meta["entropy"] == json.loads(json.dumps(split_entropy(cfg, "validation")))
 
 
 def test_synthetic_knobs_select_the_directory(synth_dir):

@@ -103,6 +103,11 @@ def test_stats_counts_bytes_and_tokens(data_dir):
         assert int(fields["documents"]) == len(docs)
         assert int(fields["bytes"]) == int(fields["tokens"]) == sum(len(t.encode()) for t in docs)
         assert float(fields["bytes_per_token"]) == 1.0
+    # The entropy the generator computed: one line per family it can score exactly.
+    entropy = {line.split("family=")[1].split()[0]: line
+               for line in res.stdout.splitlines() if line.startswith("entropy ")}
+    assert set(entropy) == {"prose", "facts", "episodes", "repeats"}
+    assert "not computed" in entropy["episodes"] and "nats_per_token=" in entropy["prose"]
 
 
 def test_text_files_invalid_utf8_and_a_50mb_line(tmp_path):

@@ -23,7 +23,7 @@ from llmjax.data import synthetic as S
 from llmjax.errors import UserError
 
 HEADERS = {"tr: ": "translation", "kv: ": "recall", "md: ": "modular", "cp: ": "copy",
-           "rv: ": "reverse", "sq: ": "sequence"}
+           "rv: ": "reverse", "sq: ": "sequence", "ar: ": "assoc"}
 FACT = r"[A-Z][a-z]+ [a-z]+ is [a-z]+\."
 FACTS_DOC = re.compile(rf"{FACT}(?: {FACT})*")
 FACT_PARTS = re.compile(r"([A-Z][a-z]+) ([a-z]+) is ([a-z]+)\.")
@@ -414,7 +414,8 @@ def episode_records(records, kind=None):
 
 def test_episode_text_is_its_rendering_and_formats_are_exposed(train):
     eps = episode_records(train)
-    assert {r.episode.kind for r in eps} == set(S.EPISODE_KINDS)
+    # Associative recall is off in the default mix (episode_assoc = 0); the demo turns it on.
+    assert {r.episode.kind for r in eps} == set(S.EPISODE_KINDS) - {"assoc"}
     assert {fmt.header: k for k, fmt in S.EPISODE_FORMATS.items()} == HEADERS
     for r in eps:
         assert r.text == S.render_episode(r.episode)
@@ -499,9 +500,12 @@ def test_render_prompt_gives_k_shot_prefixes(world):
             prompt, answer = S.render_prompt(ep, k)
             assert answer == ep.examples[k][1]
             assert text.startswith(prompt + answer)
-            assert prompt.endswith(S.EPISODE_FORMATS[kind].qa_sep)
-            assert prompt.count(S.EPISODE_FORMATS[kind].qa_sep) == k + 1 + (
-                ep.context.count(">") if ep.context else 0)
+            sep = S.EPISODE_FORMATS[kind].qa_sep
+            if not sep:  # assoc: the value follows its key directly; k shots, one query
+                assert prompt.split(" | ", 1)[1].count(" ") == k
+                continue
+            assert prompt.endswith(sep)
+            assert prompt.count(sep) == k + 1 + (ep.context.count(">") if ep.context else 0)
 
 
 def test_probe_episodes_never_reuse_a_training_rule(world):
@@ -568,3 +572,19 @@ def test_generate_document_targets_one_family(world):
         docs = [S.generate_document(family, rng, world) for _ in range(20)]
         assert {classify(d, parser) for d in docs} == {family}
         assert len(set(docs)) == 20
+
+
+def test_assoc_episodes_are_zoology_style_lookups(world):
+    """'ar: ' + a store of distinct letter keys, each followed by its digit, ' | ', then queries
+    in the same form whose values are the store's."""
+    for seed in range(20):
+        ep = S.sample_episode("assoc", S.probe_rng(seed), world, 12)
+        text = S.render_episode(ep)
+        assert re.fullmatch(r"ar: (?:[a-z][0-9] )*[a-z][0-9] \| (?:[a-z][0-9] )*[a-z][0-9]", text)
+        store = dict(re.findall(r"([a-z])([0-9])", text.split(" | ")[0]))
+        assert len(store) == len(text.split(" | ")[0].split()) - 1  # distinct keys
+        assert 4 <= len(store) <= 8  # assoc_keys_min..max
+        assert dict(ep.rule) == store
+        assert all(store[q] == a for q, a in ep.examples)
+    with pytest.raises(UserError, match="assoc_keys_max"):
+        S.SyntheticConfig(assoc_keys_max=27)

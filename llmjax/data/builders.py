@@ -640,8 +640,12 @@ def _plan(spec: _Spec, *, scan: bool = False) -> _Plan:
         config_name = f"v{cfg.version}-{_sha(json.dumps(cfg_json, sort_keys=True))[:12]}"
         metadata = {"spec": str(spec), "synthetic_config": cfg_json}
         if scan:
+            from llmjax.data.entropy import split_entropy
+
             counts = {"train": cfg.num_train_docs, "validation": cfg.num_validation_docs}
             metadata["num_documents"] = counts
+            # What a perfect model scores on the validation split: ground truth for a fit's E.
+            metadata["entropy"] = split_entropy(cfg, "validation")
         return _Plan(spec, "llmjax_synthetic", config_name, {"synthetic_config": cfg}, metadata)
     if spec.kind == "pystdlib":
         root, rels = _stdlib_files()
@@ -909,10 +913,16 @@ def dataset_version(name: str, data_dir: str | None = None) -> str:
 
 
 def dataset_metadata(name: str, data_dir: str | None = None) -> dict[str, Any]:
-    """The prepared dataset's metadata (generator config, Python version, source...) and counts."""
+    """The prepared dataset's metadata (generator config, Python version, source...) and counts.
+    A synthetic corpus prepared before its metadata held the entropy gets it computed here."""
     spec = _resolve(name)
     builder = _prepared_builder(spec, _data_dir(data_dir))
     meta = dict(builder.info.metadata or {}) if spec.kind != "tfds" else {"spec": str(spec)}
+    if spec.kind == "synthetic" and not meta.get("entropy"):
+        from llmjax.data.entropy import split_entropy
+
+        meta["entropy"] = split_entropy(synthetic_config(json.loads(spec.arg) if spec.arg
+                                                         else {}), "validation")
     meta["num_documents"] = _split_counts(builder, spec.kind == "tfds")
     meta["path"] = str(builder.data_dir)
     return meta

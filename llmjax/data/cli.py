@@ -4,6 +4,7 @@
     llmjax data sample --dataset=NAME --tokenizer=byte|bpe:V --seq_len=L --batch_size=B
         --num_batches=K --seed=S [--skip=J] [--process_index=I --process_count=P] [--data_dir=DIR]
     llmjax data stats --dataset=NAME [--tokenizer=byte|bpe:V] [--data_dir=DIR]
+        (for synthetic, also the entropy the generator computes for its validation split)
 
 NAME is a dataset spec (see `llmjax.data.builders`): synthetic, pystdlib, text_files (with
 --source), tfds:<catalog name>. `--synthetic.KEY=VALUE` overrides one SyntheticConfig field
@@ -174,6 +175,17 @@ def _stats(args: argparse.Namespace, synthetic: dict[str, Any]) -> int:
         ratio = index.num_bytes / index.num_tokens if index.num_tokens else float("nan")
         print(f"split={split} documents={index.num_docs} bytes={index.num_bytes} "
               f"tokens={index.num_tokens} bytes_per_token={ratio:.4f} tokenizer={tokenizer.name}")
+    entropy = meta.get("entropy")
+    if entropy:  # synthetic: the generator's own log-loss (llmjax.data.entropy), byte tokens
+        rows = [*entropy.get("families", {}).items()]
+        if "corpus" in entropy:
+            rows.append(("corpus", entropy["corpus"]))
+        for family, e in rows:
+            print(f"entropy split={entropy['split']} family={family} documents={e['documents']} "
+                  f"nats_per_token={e['nats_per_token']:.4f} se={e['nats_per_token_se']:.4f} "
+                  f"bits_per_byte={e['bits_per_byte']:.4f}")
+        for family in entropy.get("not_computed", []):
+            print(f"entropy split={entropy['split']} family={family} not computed")
     return 0
 
 

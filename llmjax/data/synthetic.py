@@ -42,7 +42,7 @@ import numpy as np
 from llmjax.errors import UserError
 
 FAMILIES = ("prose", "facts", "episodes", "repeats")
-EPISODE_KINDS = ("translation", "recall", "modular", "copy", "reverse", "sequence")
+EPISODE_KINDS = ("translation", "recall", "modular", "copy", "reverse", "sequence", "assoc")
 SPLITS = ("train", "validation")
 
 # Kinds whose rule has no parameters (the examples themselves are fresh random strings).
@@ -107,6 +107,10 @@ class SyntheticConfig:
     episode_copy: float = _knob(1.0, "weight of copy episodes")
     episode_reverse: float = _knob(0.5, "weight of reverse episodes")
     episode_sequence: float = _knob(1.0, "weight of sequence-continuation episodes")
+    episode_assoc: float = _knob(
+        0.0, "weight of associative-recall episodes (Zoology's MQAR: 'ar: a3 f7 | f7 a3')")
+    assoc_keys_min: int = _knob(4, "fewest distinct letter keys in an associative-recall episode")
+    assoc_keys_max: int = _knob(8, "most distinct letter keys in an associative-recall episode")
     episode_examples_min: int = _knob(8, "fewest examples in an episode")
     episode_examples_max: int = _knob(24, "most examples in an episode")
     episode_keys_min: int = _knob(3, "fewest distinct keys in translation / recall episodes")
@@ -144,6 +148,7 @@ class SyntheticConfig:
                        ("episode_keys_min", "episode_keys_max"),
                        ("modulus_min", "modulus_max"),
                        ("copy_len_min", "copy_len_max"),
+                       ("assoc_keys_min", "assoc_keys_max"),
                        ("repeat_spans_min", "repeat_spans_max"),
                        ("repeat_count_min", "repeat_count_max"),
                        ("repeat_span_words_min", "repeat_span_words_max")):
@@ -174,6 +179,9 @@ class SyntheticConfig:
             raise UserError(f"synthetic.modulus_min must be in [2, 10], got {self.modulus_min}")
         if self.modulus_max > 10:
             raise UserError(f"synthetic.modulus_max must be in [2, 10], got {self.modulus_max}")
+        if self.assoc_keys_max > 26:
+            raise UserError(f"synthetic.assoc_keys_max must be <= 26 (letter keys), "
+                            f"got {self.assoc_keys_max}")
         if self.episode_keys_max > 10:
             raise UserError(
                 f"synthetic.episode_keys_max must be <= 10, got {self.episode_keys_max}")
@@ -440,7 +448,34 @@ _GLUE = (("( ", "("), (" )", ")"), (" .", "."), ("\x01 ", '"'), (" \x02", '"'),
          ("\x03 ", "'"), (" \x04", "'"))
 
 
-def _prose(r: _Rand, w: World) -> str:
+class ProseTrace:
+    """Collects the random decisions of one prose document (the `trace` of `_prose`), for
+    `llmjax.data.entropy`."""
+
+    def __init__(self) -> None:
+        self.visible = 0.0  # log-probability of the visible decisions
+        self.words: list[tuple[int, int]] = []
+        self.derivations = 1
+
+    def uniform(self, n: int) -> None:
+        self.visible -= math.log(n)
+
+    def coin(self, p: float, outcome: bool) -> None:
+        self.visible += math.log(p if outcome else 1.0 - p)
+
+    def word(self, pos: int, i: int) -> None:
+        self.words.append((pos, i))
+
+    def ambiguous(self, n: int) -> None:
+        self.derivations *= n
+
+
+def _prose(r: _Rand, w: World, trace: Any = None) -> str:
+    """One prose document. `trace` (for `llmjax.data.entropy`) receives every random decision:
+    trace.uniform(n) for a uniform draw among n, trace.coin(p, outcome) for a visible yes/no,
+    trace.word(pos, i) for content word i of part of speech pos (0 noun, 1 verb, 2 adjective;
+    whether it came from the topic is latent) and trace.ambiguous(n) when n derivations give
+    the same text (a parenthetical after a relative clause attaches to either noun phrase)."""
     c = w.config
     u, T = r.u, c.num_topics
     topic = r.below(T)
@@ -451,50 +486,73 @@ def _prose(r: _Rand, w: World) -> str:
     tn, tv, ta = w.topic_noun_cdf[topic], w.topic_verb_cdf[topic], w.topic_adjective_cdf[topic]
     out: list[str] = []
     emit = out.append
+    if trace is None:
+        def coin(p: float) -> bool:
+            return u() < p
 
-    def content(words: tuple[str, ...], cdf: list[float], tcdf: list[float]) -> str:
-        if u() < topic_p:
-            return words[topic + T * r.index(tcdf)]
-        return words[r.index(cdf)]
+        def below(n: int) -> int:
+            return int(u() * n)
+    else:
+        def coin(p: float) -> bool:
+            x = u() < p
+            trace.coin(p, x)
+            return x
 
-    def noun_phrase(plural: int, depth: int, allow_rc: bool) -> None:
+        def below(n: int) -> int:
+            trace.uniform(n)
+            return int(u() * n)
+
+    def content(pos: int, words: tuple[str, ...], cdf: list[float], tcdf: list[float]) -> str:
+        i = topic + T * r.index(tcdf) if u() < topic_p else r.index(cdf)
+        if trace is not None:
+            trace.word(pos, i)
+        return words[i]
+
+    def noun_phrase(plural: int, depth: int, allow_rc: bool) -> bool:
+        """Emits a noun phrase; True when it ends with a parenthetical."""
         emit(dets[plural])
-        if u() < adj_p:
-            emit(content(adjs, w.adjective_cdf, ta))
-            if u() < adj_p:
-                emit(content(adjs, w.adjective_cdf, ta))
-        stem = content(nouns, w.noun_cdf, tn)
+        if coin(adj_p):
+            emit(content(2, adjs, w.adjective_cdf, ta))
+            if coin(adj_p):
+                emit(content(2, adjs, w.adjective_cdf, ta))
+        stem = content(0, nouns, w.noun_cdf, tn)
         emit(stem + "s" if plural else stem)
-        if allow_rc and u() < rc_p:
+        inner_paren = None
+        if allow_rc and coin(rc_p):
             # Subject relative clause: its verb agrees with the head noun, across its own object.
             emit(w.relativizer)
-            stem = content(verbs, w.verb_cdf, tv)
+            stem = content(1, verbs, w.verb_cdf, tv)
             emit(stem if plural else stem + "s")
-            noun_phrase(r.below(2), depth, False)
-        if depth < max_depth and u() < nest_p:
+            inner_paren = noun_phrase(below(2), depth, False)
+        paren = depth < max_depth and coin(nest_p)
+        if paren:
             emit(_OPEN_PAREN)
             sentence(depth + 1)
             emit(_CLOSE_PAREN)
+        if trace is not None and inner_paren is not None and inner_paren != paren:
+            trace.ambiguous(2)  # one parenthetical after the clause: the inner or the head NP's
+        return paren
 
     def sentence(depth: int) -> None:
-        plural = r.below(2)
+        plural = below(2)
         noun_phrase(plural, depth, True)
-        if depth < max_depth and u() < nest_p:
-            stem = r.pick(w.speech_verbs)
+        if depth < max_depth and coin(nest_p):
+            stem = w.speech_verbs[below(len(w.speech_verbs))]
             emit(stem if plural else stem + "s")
             open_, close = _QUOTES[depth % 2]
             emit(open_)
             sentence(depth + 1)
             emit(close)
             return
-        stem = content(verbs, w.verb_cdf, tv)
+        stem = content(1, verbs, w.verb_cdf, tv)
         emit(stem if plural else stem + "s")
-        noun_phrase(r.below(2), depth, True)
-        if u() < pp_p:
-            emit(r.pick(w.prepositions))
-            noun_phrase(r.below(2), depth, False)
+        noun_phrase(below(2), depth, True)
+        if coin(pp_p):
+            emit(w.prepositions[below(len(w.prepositions))])
+            noun_phrase(below(2), depth, False)
 
-    for _ in range(r.between(c.prose_sentences_min, c.prose_sentences_max)):
+    n_sentences = c.prose_sentences_max - c.prose_sentences_min + 1
+    for _ in range(c.prose_sentences_min + below(n_sentences)):
         sentence(0)
         emit(".")
     text = " ".join(out)
@@ -504,6 +562,10 @@ def _prose(r: _Rand, w: World) -> str:
 
 
 # ----------------------------------------------------------------------------- facts
+
+
+# Chance that the next fact of a facts document starts a new entity (drawn by popularity).
+FACTS_NEW_ENTITY_PROB = 0.3
 
 
 def render_fact(entity: str, attribute: str, value: str) -> str:
@@ -516,19 +578,23 @@ def fact_prompt(entity: str, attribute: str) -> str:
     return f"{entity} {attribute} is"
 
 
-def _facts(r: _Rand, w: World) -> str:
+def _facts(r: _Rand, w: World, trace: list[tuple[int, int]] | None = None) -> str:
+    """One facts document; `trace` (for `llmjax.data.entropy`) receives (entity index, attribute
+    index) of every fact."""
     c = w.config
     n_attr = len(w.attributes)
     parts: list[str] = []
     entity, used = -1, set()
     for _ in range(r.between(c.facts_per_doc_min, c.facts_per_doc_max)):
         # Documents read like short biographies: a few facts per entity, then another entity.
-        if entity < 0 or len(used) == n_attr or r.u() < 0.3:
+        if entity < 0 or len(used) == n_attr or r.u() < FACTS_NEW_ENTITY_PROB:
             entity, used = r.index(w.entity_cdf), set()
         a = r.below(n_attr)
         while a in used:
             a = r.below(n_attr)
         used.add(a)
+        if trace is not None:
+            trace.append((entity, a))
         e, attr = w.entities[entity], w.attributes[a]
         parts.append(render_fact(e, attr, w.fact_table[(e, attr)]))
     return " ".join(parts)
@@ -555,6 +621,9 @@ EPISODE_FORMATS: dict[str, EpisodeFormat] = {
     "copy": EpisodeFormat("cp: ", ">"),
     "reverse": EpisodeFormat("rv: ", ">"),
     "sequence": EpisodeFormat("sq: ", ">"),
+    # Zoology's multi-query associative recall: a store of letter-digit pairs, then queries in
+    # the same form, "ar: a3 f7 q1 | f7 a3"; the value follows its key directly (qa_sep "").
+    "assoc": EpisodeFormat("ar: ", ""),
 }
 
 
@@ -563,10 +632,11 @@ class Episode:
     """One in-context task instance.
 
     rule: hashable, canonical description of the document's rule (equal rules <=> equal behaviour):
-      translation / recall: tuple of (key, value) pairs, sorted;  modular: a symbol string where
-      the symbol at index i stands for i (mod len), the smallest of the labelings that give the
-      same addition table (they differ by an automorphism i -> u*i);  sequence: the successor map
-      as sorted (symbol, next symbol) pairs;  copy / reverse: the kind name (no parameters).
+      translation / recall / assoc: tuple of (key, value) pairs, sorted;  modular: a symbol
+      string where the symbol at index i stands for i (mod len), the smallest of the labelings
+      that give the same addition table (they differ by an automorphism i -> u*i);  sequence: the
+      successor map as sorted (symbol, next symbol) pairs;  copy / reverse: the kind name (no
+      parameters).
     examples: (query, answer) pairs in document order. context: text before the examples (the
     key-value store of a recall episode; "" otherwise).
     """
@@ -638,6 +708,15 @@ def _draw_episode(kind: str, r: _Rand, w: World, n: int, easy: bool) -> Episode:
         store = list(range(k))
         r.shuffle(store)
         context = " ".join(f"{keys[i]}:{values[i]}" for i in store)
+        examples = [(keys[i], values[i]) for i in (r.below(k) for _ in range(n))]
+        return Episode(kind, tuple(sorted(zip(keys, values, strict=True))), examples, context, easy)
+    if kind == "assoc":
+        k = 2 if easy else r.between(c.assoc_keys_min, c.assoc_keys_max)
+        keys = [_LETTERS[i] for i in r.distinct(26, k)]
+        values = [_DIGITS[r.below(10)] for _ in range(k)]
+        store = list(range(k))
+        r.shuffle(store)
+        context = " ".join(keys[i] + values[i] for i in store)
         examples = [(keys[i], values[i]) for i in (r.below(k) for _ in range(n))]
         return Episode(kind, tuple(sorted(zip(keys, values, strict=True))), examples, context, easy)
     u = r.u
@@ -782,6 +861,17 @@ def _record(family: str, r: _Rand, w: World, kind_cdf: list[float]) -> Record:
     raise UserError(f"unknown synthetic family {family!r}; choose from {', '.join(FAMILIES)}")
 
 
+def _traced(family: str, r: _Rand, w: World, kind_cdf: list[float]) -> tuple[str, str, Any]:
+    """(family, text, trace) with the random stream consumed exactly as `_record` does."""
+    if family == "prose":
+        trace: Any = ProseTrace()
+        return family, _prose(r, w, trace), trace
+    if family == "facts":
+        trace = []
+        return family, _facts(r, w, trace), trace
+    return family, _record(family, r, w, kind_cdf).text, None
+
+
 def _kind_cdf(config: SyntheticConfig) -> list[float]:
     weights = np.array(list(config.episode_weights().values()))
     if weights.sum() <= 0:
@@ -823,6 +913,16 @@ def generate_records(config: SyntheticConfig, split: str) -> Iterator[Record]:
     (`family_counts`) in a seeded random order. So memory stays bounded, and the split is
     prefix-stable: a larger num_*_docs only appends documents (the last partial chunk aside).
     """
+    return _stream(config, split, _record)
+
+
+def traced_records(config: SyntheticConfig, split: str) -> Iterator[tuple[str, str, Any]]:
+    """The documents of `generate_records` as (family, text, trace): the prose and facts
+    generators' record of their random decisions (for `llmjax.data.entropy`), None otherwise."""
+    return _stream(config, split, _traced)
+
+
+def _stream(config: SyntheticConfig, split: str, make: Any) -> Iterator[Any]:
     if split not in SPLITS:
         raise UserError(f"unknown synthetic split {split!r}; choose from {', '.join(SPLITS)}")
     n = config.num_train_docs if split == "train" else config.num_validation_docs
@@ -836,7 +936,7 @@ def generate_records(config: SyntheticConfig, split: str) -> Iterator[Record]:
         rng.shuffle(order)
         r = _Rand(rng, 16384)
         for f in order.tolist():
-            yield _record(FAMILIES[f], r, world, kind_cdf)
+            yield make(FAMILIES[f], r, world, kind_cdf)
 
 
 def generate_documents(config: SyntheticConfig, split: str) -> Iterator[str]:

@@ -13,15 +13,17 @@ from llmjax.eval.tasks import KS, TASK_TYPES, build_task, check_options
 
 
 def default_evals() -> dict[str, dict[str, Any]]:
-    """The default suite: every episode kind at k in KS, the sentence and facts tasks, the ICL
-    score, induction heads and validation perplexity: ~700 records per checkpoint. On 2 CPU cores,
-    for experiments/configs/tiny.py: ~7 s for the first checkpoint (compilation included), ~3.5 s
-    for each further one of the same run (the compiled programs are reused)."""
-    from llmjax.data.synthetic import EPISODE_KINDS
+    """The default suite: every episode kind of the default corpus at k in KS (associative recall,
+    off in the default mix, is probed by the configs that train it), the sentence and facts
+    tasks, the ICL score, induction heads and validation perplexity: ~700 records per checkpoint.
+    On 2 CPU cores, for experiments/configs/tiny.py: ~7 s for the first checkpoint (compilation
+    included), ~3.5 s for each further one of the same run (the compiled programs are reused)."""
+    from llmjax.data.synthetic import SyntheticConfig
 
+    weights = SyntheticConfig().episode_weights()
     out: dict[str, dict[str, Any]] = {
         kind: {"type": "episode", "kind": kind, "ks": list(KS), "n": 32}
-        for kind in EPISODE_KINDS}
+        for kind, w in weights.items() if w > 0}
     out["sentence"] = {"type": "sentence", "ks": list(KS), "n": 16}
     out["facts"] = {"type": "facts", "n": 64}
     # The 16 most popular entities' facts: seen most often in training (Zipfian popularity).

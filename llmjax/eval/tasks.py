@@ -145,7 +145,7 @@ def frequency_baseline(answers: Sequence[str]) -> str | None:
 
 def answer_set(ep: synthetic.Episode) -> tuple[str, ...] | None:
     """Every answer the episode's rule can give, sorted; None when unbounded (copy, reverse)."""
-    if ep.kind in ("translation", "recall"):
+    if ep.kind in ("translation", "recall", "assoc"):
         return tuple(sorted({v for _, v in ep.rule}))
     if ep.kind == "modular":
         return tuple(sorted(set(ep.rule)))
