@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from llmjax.report.emergence import analyze_emergence, parse_runs
+from llmjax.scaling.emergence import analyze_emergence, parse_runs
 from llmjax.sweep.results import PROBE_COLUMNS
 
 SIZES = np.geomspace(4e3, 1.6e5, 7)
@@ -140,7 +140,12 @@ def test_report_has_the_emergence_section_plots_and_json(tmp_path):
     _write_csv(tmp_path / "probes.csv", PROBE_COLUMNS, make_rows())
     rc, out, err = run_cli(["report", f"--workdir={tmp_path}", "--n_boot=30"])
     assert rc == 0, err
-    assert "probes: 7 runs; transitions in" in out and "recall k=4 exact_match" in out
+    # The headline: recall emerged at k=4 (the largest size beats chance and the frequency
+    # baseline by 3 SE, the smallest does not), its exact match jumps while its cross-entropy
+    # falls smoothly (the metric's jump), copy stays at chance.
+    assert "Emerged with scale: recall k=4 (k=4: hard-subset exact match 0.765" in out
+    assert "the jump may be the metric's" in out
+    assert "Not detected: copy" in out
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Few-shot probes and emergence" in md and "### Through training" in md
     for name in ("emergence_recall.png", "emergence_copy.png", "emergence_facts.png",
@@ -154,3 +159,8 @@ def test_report_has_the_emergence_section_plots_and_json(tmp_path):
     detected = [t for t in em["transitions"] if t["detected"]]
     assert {(t["task"], t["k"], t["metric"]) for t in detected} >= {("recall", 4, "exact_match")}
     assert all(t["reason"] for t in em["transitions"])
+    abilities = {(a["task"], a["k"]): a for a in em["abilities"]}
+    assert abilities[("recall", 4)]["emerged"] and not abilities[("recall", 0)]["emerged"]
+    assert abilities[("recall", 4)]["smallest_with"] == f"s{JUMP_BETWEEN[1]}"
+    assert not abilities[("copy", 4)]["present_in"]
+    assert {p["detected"] for p in em["phase_changes"]} == {True, False}

@@ -144,7 +144,7 @@ def test_two_layer_attention_only_model_forms_an_induction_head_one_layer_does_n
 
     # Through training, the report's analysis finds the phase change in the 2-layer run only:
     # a sigmoid in log-tokens with its midpoint inside the training window.
-    from llmjax.report.emergence import analyze_emergence
+    from llmjax.scaling.emergence import analyze_emergence
     from llmjax.sweep.results import collect_results
 
     analysis = analyze_emergence(collect_results(str(tmp_path))[2], n_boot=100)

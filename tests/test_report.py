@@ -167,7 +167,8 @@ def size_sweep(tmp_path_factory):
 def test_cli_prints_report_path_and_headline_numbers(size_sweep):
     out = size_sweep["stdout"]
     assert f"report: {size_sweep['dir'] / 'report' / 'report.md'}" in out
-    assert "alpha_N = " in out and "N_opt ~ C^a:" in out and "extrapolation with" in out
+    assert "L(N): alpha_N = " in out and "Held-out prediction, L(N) power law: size7" in out
+    assert "Held-out prediction, Approach 3: size7" in out
     assert size_sweep["json"]["report"] == str(size_sweep["dir"] / "report" / "report.md")
 
 
@@ -346,7 +347,7 @@ def test_missing_tables_are_collected_from_runs_first(tmp_path):
     assert rc == 0, err
     assert f"collected {tmp_path}/runs into {tmp_path}/results.csv" in out
     assert (tmp_path / "results.csv").exists() and (tmp_path / "report" / "report.md").exists()
-    assert "runs: 6 (6 fitted" in out and "alpha_N = " in out
+    assert "runs: 6 (6 in the scaling fits" in out and "alpha_N = " in out
 
 
 def test_console_entry_reports_bad_workdir_in_a_subprocess(tmp_path):

@@ -203,11 +203,11 @@ REPORT_CASES = {
     "probes_missing_columns": (_replace(_probes, b"name,status,step\nsize0,complete,1\n"),
                                "lacks column(s) task, k, metric, value"),
     "probes_not_a_number": (_replace(_probes, (",".join(PROBE_COLUMNS) + "\nsize0,complete,10,"
-                                               "True,1,1,1,1,1,recall,4,exact_match,high,32\n"
+                                               "True,1,1,1,1,1,recall,4,exact_match,high,32,2,\n"
                                                ).encode()),
                             "value is not a number: 'high'"),
     "probes_unknown_status": (_replace(_probes, (",".join(PROBE_COLUMNS) + "\nsize0,done,10,"
-                                                 "True,1,1,1,1,1,recall,4,exact_match,0.5,32\n"
+                                                 "True,1,1,1,1,1,recall,4,exact_match,0.5,32,2,\n"
                                                  ).encode()),
                               "status 'done' is not one of"),
     "probes_binary_garbage": (_replace(_probes, GARBAGE), "not a readable CSV file"),

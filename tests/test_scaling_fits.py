@@ -21,6 +21,7 @@ from llmjax.scaling import (
     fit_power_law,
 )
 from llmjax.scaling._lbfgs import CONVERGED, minimize_multistart
+from llmjax.scaling.analysis import COARSE_GRID
 from llmjax.scaling.chinchilla import (
     PAPER_GRID,
     chinchilla_objective,
@@ -333,6 +334,25 @@ def test_extrapolation_with_power_law_on_synthetic_sweep():
     res = extrapolation_check(N, 20 * N, L, holdout_largest=2, fit="power_law")
     np.testing.assert_array_equal(res.N, N[-2:])
     assert res.max_abs_relative_error < 0.01
+
+
+def test_extrapolation_intervals_cover_the_truth_of_noisy_law_data():
+    # Held-out points of a noisy law: the bootstrap interval of each prediction (refits on the
+    # resampled training points) covers the noiseless truth, and is narrow.
+    N, D, L = synthetic_nd(seed=3, noise=0.005)
+    res = extrapolation_check(N, D, L, holdout_largest=2, n_boot=40, seed=1,
+                              init_grid=COARSE_GRID)
+    truth = law(res.N, res.D)
+    lo, hi = res.interval[:, 0], res.interval[:, 1]
+    assert np.mean((lo <= truth) & (truth <= hi)) >= 0.8
+    assert np.all(lo <= res.predicted + 1e-9) and np.all(res.predicted <= hi + 1e-9)
+    assert np.median((hi - lo) / truth) < 0.05
+    assert res.to_dict()["covered"] == res.covered.tolist()
+    pl = extrapolation_check(N[D == D.max()], D[D == D.max()], L[D == D.max()],
+                             holdout_largest=1, fit="power_law", n_boot=40)
+    assert pl.interval.shape == (1, 2) and pl.interval[0, 0] < pl.interval[0, 1]
+    with pytest.raises(UserError, match="n_boot needs"):
+        extrapolation_check(N, D, L, fit=lambda n, d, loss: None, n_boot=10)
 
 
 # --- bad input -------------------------------------------------------------------------------

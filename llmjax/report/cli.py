@@ -2,9 +2,10 @@
 
 Reads DIR/results.csv and DIR/curves.csv (written by `llmjax results`; when results.csv is missing
 but DIR/runs exists, the sweep's collector writes them first), fits the scaling laws
-(`llmjax.report.scaling.analyze`), analyses the runs' probes when the sweep has them (DIR/probes.csv
-or DIR/runs/*/probes.jsonl; `llmjax.report.emergence`), and writes the PNG plots, report.md and
-report.json (the headline numbers, every fit's parameters, every probe series' transition test).
+(`llmjax.scaling.analysis.analyze`), analyses the runs' probes when the sweep has them
+(DIR/probes.csv or DIR/runs/*/probes.jsonl; `llmjax.scaling.emergence`), and writes the PNG
+plots, report.md and report.json (the headline numbers, every fit's parameters, every probe
+series' transition test).
 Prints the report's path and the headline numbers.
 This module is the edge with files; the fits and rendering are pure.
 
@@ -148,10 +149,10 @@ def write_report(
 def _write_report(workdir: str, out_dir: str, rows, curves, probe_rows, *, n_boot, seed,
                   options, start: float) -> ReportResult:
     from llmjax.report import emergence_plots, plots
-    from llmjax.report.emergence import analyze_emergence
     from llmjax.report.markdown import render_markdown
     from llmjax.report.outputs import check_targets, ensure_out_dir, write_text
-    from llmjax.report.scaling import analyze
+    from llmjax.scaling.analysis import analyze
+    from llmjax.scaling.emergence import analyze_emergence
 
     analysis = analyze(rows, curves, n_boot=n_boot, seed=seed, options=options)
     emergence = analyze_emergence(probe_rows, compute=analysis.options.compute,
@@ -213,8 +214,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n_boot", type=int, default=None, help="bootstrap replicates per fit (200)")
     p.add_argument("--seed", type=int, default=None, help="bootstrap seed (0)")
     p.add_argument("--out", default=None, help="output directory (default WORKDIR/report)")
-    p.add_argument("--approach3_points", choices=("curves", "final"), default="curves",
-                   help="Approach 3 on final points plus intermediate eval points, or final only")
+    p.add_argument("--approach3_points", choices=("auto", "curves", "final"), default="auto",
+                   help="Approach 3 on final points plus intermediate eval points, final only, "
+                   "or auto: final only when they vary N and D independently")
     p.add_argument("--compute", choices=("flops_6nd", "flops"), default="flops_6nd",
                    help="compute column: 6ND with non-embedding N, or exact FLOPs")
     p.add_argument("--chinchilla_grid", choices=("paper", "coarse"), default="paper",
@@ -234,7 +236,7 @@ def main(argv: list[str]) -> int:
     inputs = _load_inputs(args.workdir, args.out)  # bad input stops here, before the imports
 
     from llmjax.report.markdown import headline_lines
-    from llmjax.report.scaling import AnalysisOptions
+    from llmjax.scaling.analysis import AnalysisOptions
 
     options = AnalysisOptions(
         approach3_points=args.approach3_points,

@@ -14,8 +14,8 @@ from matplotlib import colormaps
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
-from llmjax.report.emergence import METRICS, EmergenceAnalysis, RunProbes
 from llmjax.report.plots import save_figures
+from llmjax.scaling.emergence import METRICS, EmergenceAnalysis, RunProbes
 
 DPI = 110
 N_LABEL = "non-embedding parameters N"

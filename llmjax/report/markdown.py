@@ -10,7 +10,7 @@ import math
 import re
 from typing import Any
 
-from llmjax.report.scaling import (
+from llmjax.scaling.analysis import (
     GRIDS,
     Interval,
     Run,
@@ -46,49 +46,128 @@ def ci(interval: Interval | dict, digits: int = 3) -> str:
     return text
 
 
+def _si(x: float) -> str:
+    """A count in engineering notation: 107000 -> '107K', 3.4e6 -> '3.4M'."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _e_verdict(interval: dict[str, Any], truth: float, se: float | None) -> str:
+    lo, hi = interval["ci"]
+    if hi - lo > max(truth, 1e-9):  # wider than the value itself
+        return "not identified"
+    slack = 2 * (se or 0.0)
+    return "covers the truth" if lo - slack <= truth <= hi + slack else "excludes the truth"
+
+
 def headline_lines(headline: dict[str, Any]) -> list[str]:
-    """A few lines with the headline numbers (for the CLI and `make demo`)."""
+    """What the sweep showed, in at most ~10 lines (the first lines of report.md and what `llmjax
+    report` and `make demo` print): the law, its error on the held-out model(s), the irreducible
+    loss against the generator's truth, the abilities that emerged where, the phase changes."""
     pct = round(100 * headline.get("confidence", 0.95))
-    lines = [
-        f"runs: {headline['n_runs']} ({headline['n_used']} fitted, {headline['n_failed']} failed "
-        "or unfinished)"
-    ]
+    lines = []
+    ch = headline.get("chinchilla")
+    if ch:
+        lines.append(f"Scaling law (Approach 3): L(N, D) = E + A/N^alpha + B/D^beta with alpha = "
+                     f"{ci(ch['alpha'])}, beta = {ci(ch['beta'])}, E = {ci(ch['E'])} nats "
+                     f"({pct}% CI)")
     if "alpha_N" in headline:
         e = f", E = {ci(headline['E'])} nats" if "E" in headline else ""
-        lines.append(f"L(N): alpha_N = {ci(headline['alpha_N'])} ({pct}% CI){e}")
+        lines.append(f"L(N): alpha_N = {ci(headline['alpha_N'])}{e}")
     if "alpha_C" in headline:
         lines.append(f"L(C) frontier: alpha_C = {ci(headline['alpha_C'])}")
-    if headline.get("a"):
-        parts = [f"{k} a = {ci(v)}" for k, v in headline["a"].items()]
-        lines.append("N_opt ~ C^a: " + "; ".join(parts))
     for method, ex in headline.get("extrapolation", {}).items():
-        errs = ", ".join(
-            f"{name} (N = {fmt(n)}) {100 * e:+.2f}%"
-            for name, n, e in zip(ex["runs"], ex["N"], ex["relative_error"], strict=True)
-        )
-        lines.append(f"extrapolation with {method}: {errs}")
-    e = headline.get("emergence")
-    if e and e.get("n_runs_probed"):
-        text = (f"probes: {e['n_runs_probed']} runs; transitions in {e['n_transitions']} of "
-                f"{e['n_series']} series (sigmoid in log-compute)")
-        if e["transitions"]:
-            text += ": " + ", ".join(e["transitions"][:4]) + (
-                ", ..." if len(e["transitions"]) > 4 else "")
-        lines.append(text)
         parts = []
-        if "icl_score" in e:
-            parts.append(f"ICL score {fmt(e['icl_score']['min'])} to {fmt(e['icl_score']['max'])}"
-                         " nats")
-        if "prefix_matching_max" in e:
-            pm = e["prefix_matching_max"]
-            parts.append(f"best prefix matching {fmt(pm['max'])} ({pm['argmax']})")
-        if parts:
-            lines.append("; ".join(parts))
-    if "alpha_N" not in headline and not headline.get("a"):
+        for i, (name, n, e) in enumerate(zip(ex["runs"], ex["N"], ex["relative_error"],
+                                             strict=True)):
+            text = f"{name} (N = {_si(n)}) {100 * e:+.2f}%"
+            if "interval" in ex:
+                lo, hi = ex["interval"][i]
+                inside = "inside" if ex["covered"][i] else "OUTSIDE"
+                text += (f" (predicted {fmt(ex['predicted'][i])} [{fmt(lo)}, {fmt(hi)}], actual "
+                         f"{fmt(ex['actual'][i])}: {inside} the interval)")
+            parts.append(text)
+        lines.append(f"Held-out prediction, {method}: " + "; ".join(parts))
+    truth = headline.get("entropy")
+    if truth:
+        x, se = truth["nats_per_token"], truth.get("se")
+        fits = []
+        for label, interval in (("L(N)", headline.get("E")),
+                                ("Approach 3", (ch or {}).get("E"))):
+            if interval and interval.get("ci"):
+                fits.append(f"{label} E = {ci(interval)} ({_e_verdict(interval, x, se)})")
+        lines.append(f"Irreducible loss: the corpus's entropy rate from its generator is "
+                     f"{fmt(x)} ± {fmt(se)} nats/token (a lower bound for a finite context); "
+                     + ("; ".join(fits) if fits else "no fit estimates E"))
+    lines += _emergence_lines(headline.get("emergence") or {})
+    other = headline.get("n_other_study", 0)
+    lines.append(f"runs: {headline['n_runs']} ({headline['n_used']} in the scaling fits"
+                 + (f", {other} in other studies" if other else "")
+                 + f", {headline['n_failed'] - other} failed or unfinished)")
+    if "alpha_N" not in headline and not headline.get("a") and not ch:
         absent = headline.get("absent", {})
         why = absent["all"] if "all" in absent else " ".join(absent.values())
         lines.append("no scaling-law fit: " + why)
     return lines
+
+
+def _emergence_lines(e: dict[str, Any]) -> list[str]:
+    """The headline's emergence lines: abilities by task (largest k shown), phase changes."""
+    if not e.get("n_runs_probed"):
+        return []
+    out = []
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for a in e.get("abilities", []):
+        by_task.setdefault(a["task"], []).append(a)
+    for task, items in by_task.items():
+        emerged = [a for a in items if a["emerged"]]
+        shown = (emerged or items)[-1]
+        big, small = shown["largest"], shown["smallest"]
+        numbers = (f"hard-subset exact match {fmt(big['exact_match_hard'])} ± "
+                   f"{fmt(big['se_hard'])} in {big['run']} (chance {fmt(big['chance_hard'])}, "
+                   f"frequency baseline {fmt(big['baseline_freq'])}), "
+                   f"{fmt(small['exact_match_hard'])} in {small['run']}")
+        ctrl = "".join(f"; control {c['run']} {fmt(c['exact_match_hard'])} "
+                       f"({'present' if c['present'] else 'absent'})"
+                       for c in shown["controls"])
+        if emerged:
+            ks = ",".join(str(a["k"]) for a in emerged)
+            t, c = shown["transition"], shown["continuous"]
+            trans = ""
+            if t is not None and t["detected"]:
+                trans = "; transition at C = 10^{:.2f}".format(t["log10_compute"]) + (
+                    " [10^{:.2f}, 10^{:.2f}] FLOPs".format(*t["ci"]) if t["ci"] else " FLOPs")
+                if c is not None and c["detected"]:
+                    trans += ("; the continuous target cross-entropy has a transition too, so "
+                              "the jump is not the metric's alone")
+                elif c is not None:
+                    trans += (f"; the continuous target cross-entropy has none ({c['reason']}): "
+                              "the jump may be the metric's (Schaeffer et al. 2023)")
+            elif t is not None:
+                trans = f"; {t['reason']}"
+            out.append(f"Emerged with scale: {task} k={ks} (k={shown['k']}: {numbers}; first in "
+                       f"{shown['smallest_with']}{trans}{ctrl})")
+        else:
+            out.append(f"Not detected: {task} at any k beats chance and the frequency baseline "
+                       f"by 3 SE in the largest model and not the smallest (k={shown['k']}: "
+                       f"{numbers}{ctrl})")
+    if not by_task:
+        out.append("No few-shot task was probed.")
+    phases = e.get("phase_changes", [])
+    if phases:
+        parts = []
+        for p in phases:
+            k = f" k={p['k']}" if p["metric"] in ("exact_match", "exact_match_hard") else ""
+            parts.append(f"{p['run']} {p['task']}{k} {p['metric']} at {_si(p['tokens'])} tokens")
+        absent = e.get("phase_absent", [])
+        out.append("Phase changes over training: " + "; ".join(parts)
+                   + (f"; none in {', '.join(absent)}" if absent else ""))
+    elif e.get("phase_absent"):
+        out.append("No phase change over training in any run followed ("
+                   + ", ".join(e["phase_absent"]) + ")")
+    return out
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -255,12 +334,19 @@ def _section_approach3(a: ScalingAnalysis) -> list[str]:
             )
         else:
             out[-1] += "Treat these values as unidentified."
+    elif sec.n_intermediate and _constant_lr(a):
+        out.append(
+            "Every run trains at a constant learning rate after warmup, so an intermediate eval "
+            "point is the loss of the same run stopped there: the curves give the D axis, with "
+            f"log N and log D correlated {sec.corr_all:.2f} over the points fitted."
+        )
     elif sec.n_intermediate:
         out.append(
             "The final points vary N and D independently; intermediate eval points (from runs "
             "part-way through their schedule, so biased upward under a cosine schedule) were "
             "added as well (option approach3_points)."
         )
+    out += _truth_lines(a)
     if sec.note:
         out += ["", f"Note: {sec.note}."]
     return out + [""]
@@ -280,6 +366,31 @@ def _section_allocation(a: ScalingAnalysis) -> list[str]:
     return out + [""]
 
 
+def _constant_lr(a: ScalingAnalysis) -> bool:
+    return bool(a.used) and all(r.schedule == "constant" for r in a.used)
+
+
+def _truth_lines(a: ScalingAnalysis) -> list[str]:
+    """The fitted E beside the corpus's entropy rate from its generator, when known."""
+    if a.entropy is None:
+        return []
+    x, se = a.entropy["nats_per_token"], a.entropy.get("se")
+    fits = []
+    if a.loss_vs_n is not None and "E" in a.loss_vs_n.params:
+        fits.append(("L(N)", a.loss_vs_n.params["E"]))
+    if a.approach3 is not None:
+        fits.append(("Approach 3", a.approach3.params["E"]))
+    lines = ["", f"**Irreducible loss against the truth.** The generator of this corpus computes "
+             f"its entropy rate, {fmt(x, 4)} ± {fmt(se, 2)} nats/token (`llmjax.data.entropy`: "
+             "exact log-probability of each validation document, summed over the latent "
+             "choices). A model with a finite context cannot reach it, so a fitted E should "
+             "lie at or above it."]
+    for label, e in fits:
+        verdict = "" if e.lo is None else " " + _e_verdict(e.to_dict(), x, se)
+        lines[-1] += f" {label}: E = {ci(e)}{verdict}."
+    return lines
+
+
 def _section_extrapolation(a: ScalingAnalysis) -> list[str]:
     out = ["## Extrapolation check", ""]
     k = a.options.holdout_largest
@@ -287,15 +398,22 @@ def _section_extrapolation(a: ScalingAnalysis) -> list[str]:
         f"Each fit is redone without the {k} largest model size(s); the refit predicts their "
         "final eval loss. Relative error = (predicted − actual) / actual."
     )
+    pct = round(100 * a.options.confidence)
+    out[-1] += (f" The interval is the {pct}% percentile interval of the predictions of the fit's "
+                "bootstrap replicates (resampling its training points).")
     rows = []
     for ex in a.extrapolations:
-        for name, n, act, pred, err in zip(ex.names, ex.N, ex.actual, ex.predicted,
-                                           ex.relative_error, strict=True):
-            rows.append([ex.method, name, fmt(n), fmt(act, 4), fmt(pred, 4), f"{100 * err:+.2f}%",
+        for i, (name, n, act, pred, err) in enumerate(zip(ex.names, ex.N, ex.actual, ex.predicted,
+                                                          ex.relative_error, strict=True)):
+            interval = "-" if ex.interval is None else (
+                f"[{fmt(ex.interval[i, 0], 4)}, {fmt(ex.interval[i, 1], 4)}]"
+                + (" covers it" if ex.covered[i] else " misses it"))
+            rows.append([ex.method, name, fmt(n), fmt(act, 4), fmt(pred, 4), interval,
+                         f"{100 * err:+.2f}%",
                          str(ex.n_train) + (f" ({ex.note})" if ex.note else "")])
     if rows:
-        header = ["fit", "held-out run", "N", "actual loss", "predicted", "relative error",
-                  "training points"]
+        header = ["fit", "held-out run", "N", "actual loss", "predicted",
+                  f"{pct}% interval", "relative error", "training points"]
         out += [""] + _table(header, rows)
     for key in ("extrapolation", "extrapolation_approach3"):
         if key in a.absent:
@@ -316,8 +434,9 @@ def _section_choices(a: ScalingAnalysis) -> list[str]:
     a3 = (
         f"final points plus intermediate eval points at ≥ {o.curve_min_fraction:.0%} of each "
         f"run's tokens (at most {o.curve_points_per_run} per run, evenly spaced)"
-        if o.approach3_points == "curves" else "final points only"
-    )
+        if a.approach3 is not None and a.approach3.n_intermediate
+        else "final points only"
+    ) + (" (chosen by approach3_points='auto')" if o.approach3_points == "auto" else "")
     lines = [
         "## Fit choices",
         "",
@@ -365,8 +484,11 @@ def render_markdown(
     """The whole report.md; `plots` maps PNG file names (next to report.md) to paths;
     `emergence`: an EmergenceAnalysis of the sweep's probes, rendered after the scaling fits."""
     a = analysis
+    headline = a.headline()
+    if emergence is not None:
+        headline["emergence"] = emergence.headline()
     out = [f"# {title}", "", "## Headline", ""]
-    out += [f"- {line}" for line in headline_lines(a.headline())]
+    out += [f"- {line}" for line in headline_lines(headline)]
     out.append("")
     if "all" in a.absent:
         out += [a.absent["all"], ""]
@@ -407,8 +529,8 @@ def _why_not(reason: str) -> str:
 
 
 def section_emergence(e, plots: dict[str, str]) -> list[str]:
-    """The emergence section of report.md from an `llmjax.report.emergence.EmergenceAnalysis`."""
-    from llmjax.report.emergence import INDUCTION_HEAD
+    """The emergence section of report.md from an `llmjax.scaling.emergence.EmergenceAnalysis`."""
+    from llmjax.scaling.emergence import INDUCTION_HEAD
 
     out = ["## Few-shot probes and emergence", ""]
     if "all" in e.absent:

@@ -8,6 +8,7 @@ log-log, runs are coloured by non-embedding N on one log colour scale.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
@@ -17,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
 from llmjax.report.outputs import check_targets, ensure_out_dir, output
-from llmjax.report.scaling import ScalingAnalysis, replicate_stats
+from llmjax.scaling.analysis import ScalingAnalysis, replicate_stats
 
 FIGSIZE = (7.0, 4.8)
 DPI = 120
@@ -162,11 +163,28 @@ def plot_loss_vs_params(analysis: ScalingAnalysis) -> Figure | None:
         err = ", ".join(f"{100 * e:+.2f}%" for e in ex.relative_error)
         ax.scatter(ex.N, ex.predicted, marker="x", s=60, color="tab:red", zorder=5,
                    label=f"predicted from the smaller models ({err})")
+        if ex.interval is not None:
+            ax.vlines(ex.N, ex.interval[:, 0], ex.interval[:, 1], color="tab:red", lw=1.2,
+                      zorder=4, label="its bootstrap interval")
+    _draw_truth(ax, analysis, sec.params.get("E") if sec is not None else None)
     _log_axes(ax)
     ax.set_xlabel(N_LABEL)
     ax.set_ylabel("final " + LOSS_LABEL)
     ax.legend(fontsize=8)
     return fig
+
+
+def _draw_truth(ax: Any, analysis: ScalingAnalysis, E: Any) -> None:
+    """The corpus's entropy rate (from its generator) beside the fitted E, as horizontal lines."""
+    truth = analysis.entropy
+    if truth is None:
+        return
+    x, se = truth["nats_per_token"], truth.get("se") or 0.0
+    ax.axhline(x, color="black", lw=1.2, ls="--",
+               label=f"entropy rate of the corpus (generator): {x:.3f} ± {se:.3f}")
+    if E is not None and E.lo is not None:
+        ax.axhspan(max(E.lo, 1e-3), E.hi, color="tab:gray", alpha=0.12, lw=0,
+                   label=f"fitted E interval [{E.lo:.3g}, {E.hi:.3g}]")
 
 
 def plot_isoflop(analysis: ScalingAnalysis) -> Figure | None:

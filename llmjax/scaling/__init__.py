@@ -1,4 +1,9 @@
-"""Scaling-law fits: pure math on tables of (N, D, C, L); imports no other llmjax module but errors.
+"""Scaling-law fits: pure math on tables of (N, D, C, L), and the analysis of a sweep built on them.
+
+The fit modules import no other llmjax module but errors. `analysis` (a sweep's rows in, every fit,
+point selection, identification check and extrapolation out, as data) and `emergence` (the probe
+records across scale and through training, with their transition tests) are imported on use, and
+`llmjax.report` only renders what they return.
 
 - `fit_power_law`: L(x) = E + (x_c/x)^alpha, with or without E (Kaplan et al. 2020).
 - `fit_chinchilla`: Approach 3, L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, as

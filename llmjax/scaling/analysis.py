@@ -43,8 +43,12 @@ COARSE_GRID: dict[str, tuple[float, ...]] = {
 }
 # |corr(log N, log D)| above this: N and D are collinear and Approach 3 is not identified.
 COLLINEAR = 0.999
+# approach3_points="auto" fits final points alone when their |corr(log N, log D)| is at most this.
+FINAL_POINTS_CORR = 0.99
 # Model sizes within this relative tolerance count as one size.
 SIZE_RTOL = 1e-3
+# The study (results.csv `study`) whose runs the fits use when a sweep marks its runs.
+SCALING_STUDY = "scaling"
 
 GRIDS: dict[str, Mapping[str, tuple[float, ...]]] = {
     "paper": scaling.PAPER_GRID,
@@ -59,7 +63,10 @@ class AnalysisOptions:
     n_boot: bootstrap replicates per fit. compute: the compute column, "flops_6nd" (6 N D with
     non-embedding N, the convention C = 6 N D of Approaches 1-3 relies on) or "flops" (exact,
     with attention). approach3_points: "curves" (final points plus intermediate eval points at
-    >= curve_min_fraction of each run's tokens, at most curve_points_per_run per run) or "final".
+    >= curve_min_fraction of each run's tokens, at most curve_points_per_run per run), "final",
+    or "auto" (final points when they alone identify the fit, |corr(log N, log D)| <=
+    FINAL_POINTS_CORR, as a sweep with several token counts per size does; else curves: an
+    intermediate point of a decaying schedule is not the loss of a run that ends there).
     chinchilla_grid: "paper" (4,500 starts) or "coarse" (675). holdout_largest: model sizes held
     out by the extrapolation check. envelope_bins: log-spaced C bins of Approach 1.
     """
@@ -69,7 +76,7 @@ class AnalysisOptions:
     confidence: float = 0.95
     huber_delta: float = 1e-3
     compute: str = "flops_6nd"
-    approach3_points: str = "curves"
+    approach3_points: str = "auto"
     curve_min_fraction: float = 0.25
     curve_points_per_run: int = 8
     chinchilla_grid: str = "paper"
@@ -81,10 +88,9 @@ class AnalysisOptions:
             raise UserError(f"n_boot must be an integer >= 2; got {self.n_boot!r}")
         if self.compute not in ("flops_6nd", "flops"):
             raise UserError(f"compute must be 'flops_6nd' or 'flops'; got {self.compute!r}")
-        if self.approach3_points not in ("curves", "final"):
-            raise UserError(
-                f"approach3_points must be 'curves' or 'final'; got {self.approach3_points!r}"
-            )
+        if self.approach3_points not in ("auto", "curves", "final"):
+            raise UserError(f"approach3_points must be 'auto', 'curves' or 'final'; got "
+                            f"{self.approach3_points!r}")
         if self.chinchilla_grid not in GRIDS:
             raise UserError(
                 f"chinchilla_grid must be one of {', '.join(GRIDS)}; got {self.chinchilla_grid!r}"
@@ -131,6 +137,10 @@ class Run:
     usable: bool
     reason: str  # why the run is left out of the fits; "" when usable
     group: str = ""  # the point this run replicates (results.csv `group`; its name if none)
+    study: str = ""  # the sweep's study it belongs to (results.csv `study`; "" if unmarked)
+    entropy: float | None = None  # its corpus's entropy rate, nats/token (generator-computed)
+    entropy_se: float | None = None
+    schedule: str = ""  # its learning-rate schedule (results.csv `schedule`)
 
     def compute(self, column: str) -> float | None:
         if column == "flops" and self.flops is not None:
@@ -164,7 +174,10 @@ def parse_run(row: Mapping[str, Any]) -> Run:
                 break
     group = str(row.get("group") or "").strip() or name
     return Run(name=name, status=status, error=error, usable=not reason, reason=reason,
-               group=group, **nums)
+               group=group, study=str(row.get("study") or "").strip(),
+               entropy=to_float(row.get("entropy_nats_per_token")),
+               entropy_se=to_float(row.get("entropy_se")),
+               schedule=str(row.get("schedule") or "").strip(), **nums)
 
 
 @dataclass(frozen=True)
@@ -289,13 +302,25 @@ class Extrapolation:
     relative_error: np.ndarray  # (predicted - actual) / actual
     n_train: int
     note: str = ""
+    interval: np.ndarray | None = None  # [m, 2] bootstrap interval of `predicted`
+    confidence: float | None = None
 
     @property
     def mean_abs_relative_error(self) -> float:
         return float(np.mean(np.abs(self.relative_error)))
 
+    @property
+    def covered(self) -> np.ndarray | None:
+        """Whether each held-out truth lies inside its prediction interval."""
+        if self.interval is None:
+            return None
+        return (self.interval[:, 0] <= self.actual) & (self.actual <= self.interval[:, 1])
+
     def to_dict(self) -> dict:
+        interval = {} if self.interval is None else {
+            "interval": self.interval.tolist(), "covered": self.covered.tolist()}
         return {
+            **interval,
             "method": self.method,
             "runs": self.names,
             "N": self.N.tolist(),
@@ -324,6 +349,10 @@ class ScalingAnalysis:
     approach3: ChinchillaSection | None
     extrapolations: list[Extrapolation]
     absent: dict[str, str]  # piece -> one sentence why it is missing
+    # The entropy rate of the corpus the used runs trained on, as its generator computed it
+    # ({"nats_per_token", "se"}; None when not computed or the runs' corpora differ): the truth
+    # a fitted E can be checked against (it bounds E from below: a model's context is finite).
+    entropy: dict | None = None
 
     @property
     def failed(self) -> list[Run]:
@@ -338,6 +367,7 @@ class ScalingAnalysis:
             "n_runs": len(self.runs),
             "n_used": len(self.used),
             "n_failed": len(self.failed),
+            "n_other_study": sum(1 for r in self.failed if r.reason.startswith("study ")),
             "confidence": self.options.confidence,
         }
         if self.loss_vs_n is not None:
@@ -350,6 +380,8 @@ class ScalingAnalysis:
         out["b"] = {s.approach: s.params["b"].to_dict() for s in self.allocations()}
         if self.approach3 is not None:
             out["chinchilla"] = {k: v.to_dict() for k, v in self.approach3.params.items()}
+        if self.entropy is not None:
+            out["entropy"] = dict(self.entropy)
         out["extrapolation"] = {
             e.method: {
                 "runs": e.names,
@@ -357,6 +389,8 @@ class ScalingAnalysis:
                 "actual": e.actual.tolist(),
                 "predicted": e.predicted.tolist(),
                 "relative_error": e.relative_error.tolist(),
+                **({} if e.interval is None else {"interval": e.interval.tolist(),
+                                                  "covered": e.covered.tolist()}),
             }
             for e in self.extrapolations
         }
@@ -652,7 +686,11 @@ def approach3_points(
     """
     rows = [(r.n_non_embedding, r.tokens, r.final_eval_loss, i) for i, r in enumerate(used)]
     n_final = len(rows)
-    if opts.approach3_points == "curves":
+    mode = opts.approach3_points
+    if mode == "auto":
+        corr = _corr(np.array([r[0] for r in rows]), np.array([r[1] for r in rows]))
+        mode = "final" if corr is not None and abs(corr) <= FINAL_POINTS_CORR else "curves"
+    if mode == "curves":
         for i, r in enumerate(used):
             c = curves.get(r.name)
             if c is None:
@@ -732,14 +770,16 @@ def _extrapolations(
     loss_vs_n: PowerLawSection | None, used, curves, opts: AnalysisOptions, absent: dict,
     approach3: ChinchillaSection | None,
 ) -> list[Extrapolation]:
-    """Hold out the largest size(s): refit L(N) (and Approach 3), predict their final loss."""
+    """Hold out the largest size(s): refit L(N) (and Approach 3) on the rest, predict their final
+    loss with a bootstrap interval (`scaling.extrapolation_check`)."""
     out = []
     k = opts.holdout_largest
+    boot = {"n_boot": opts.n_boot, "seed": opts.seed, "confidence": opts.confidence,
+            "huber_delta": opts.huber_delta, "size_rtol": SIZE_RTOL}
     if loss_vs_n is not None:
         x, y, names = loss_vs_n.x, loss_vs_n.y, loss_vs_n.names
         labels = scaling.cluster_labels(x, SIZE_RTOL)
-        held = labels >= labels.max() + 1 - k  # every replicate of the largest size(s)
-        n_train = len(np.unique(labels[~held]))  # sizes left to fit
+        n_train = len(np.unique(labels[labels < labels.max() + 1 - k]))  # sizes left to fit
         if n_train < 3:
             absent["extrapolation"] = (
                 f"The extrapolation check needs at least 3 model sizes besides the {k} held out; "
@@ -749,14 +789,9 @@ def _extrapolations(
             irreducible = n_train >= 4
             note = "" if irreducible else "fitted without E (only 3 sizes left)"
             try:
-                fit = scaling.fit_power_law(
-                    x[~held], y[~held], irreducible=irreducible, huber_delta=opts.huber_delta
-                )
-                pred = fit.predict(x[held])
-                out.append(Extrapolation(
-                    "L(N) power law", [n for n, h in zip(names, held, strict=True) if h],
-                    x[held], y[held], pred, (pred - y[held]) / y[held], n_train, note,
-                ))
+                r = scaling.extrapolation_check(x, x, y, holdout_largest=k, fit="power_law",
+                                                irreducible=irreducible, **boot)
+                out.append(_extrapolation("L(N) power law", r, x, x, y, names, note))
             except UserError as e:
                 absent["extrapolation"] = f"The L(N) extrapolation fit failed: {e}."
     elif "extrapolation" not in absent:
@@ -765,21 +800,15 @@ def _extrapolations(
         N, D, L, run_idx, n_final = approach3_points(used, curves, opts)
         labels = scaling.cluster_labels(N, SIZE_RTOL)
         held = labels >= labels.max() + 1 - k
-        train = ~held
-        is_final = np.arange(len(N)) < n_final
-        if int(train.sum()) >= 6 and len(np.unique(N[train])) >= 2:
+        # Only the held-out sizes' final losses are predicted; their curve points are dropped.
+        keep = ~held | (np.arange(len(N)) < n_final)
+        N, D, L, run_idx = N[keep], D[keep], L[keep], run_idx[keep]
+        if int((~held).sum()) >= 6 and len(np.unique(N[~held[keep]])) >= 2:
             try:
-                fit = scaling.fit_chinchilla(
-                    N[train], D[train], L[train], huber_delta=opts.huber_delta,
-                    init_grid=GRIDS[opts.chinchilla_grid],
-                )
-                m = held & is_final
-                pred = fit.predict(N[m], D[m])
-                names = [used[i].name for i in run_idx[m]]
-                out.append(Extrapolation(
-                    "Approach 3", names, N[m], L[m], pred, (pred - L[m]) / L[m],
-                    int(train.sum()),
-                ))
+                r = scaling.extrapolation_check(N, D, L, holdout_largest=k, fit="chinchilla",
+                                                init_grid=GRIDS[opts.chinchilla_grid], **boot)
+                out.append(_extrapolation("Approach 3", r, N, D, L,
+                                          [used[i].name for i in run_idx]))
             except UserError as e:
                 absent["extrapolation_approach3"] = f"The Approach 3 extrapolation fit failed: {e}."
         else:
@@ -787,6 +816,26 @@ def _extrapolations(
                 "The Approach 3 extrapolation needs at least 6 points of 2 smaller sizes."
             )
     return out
+
+
+def _extrapolation(method: str, r: Any, N, D, L, names: list[str], note: str = ""
+                   ) -> Extrapolation:
+    """An ExtrapolationResult with the names of its held-out runs (matched on N, D, L)."""
+    where = {(float(n), float(d), float(loss)): name
+             for n, d, loss, name in zip(N, D, L, names, strict=True)}
+    held = [where[(float(n), float(d), float(loss))] for n, d, loss in zip(r.N, r.D, r.L,
+                                                                           strict=True)]
+    return Extrapolation(method, held, r.N, r.L, r.predicted, r.relative_error, r.n_train, note,
+                         interval=r.interval, confidence=r.confidence)
+
+
+def _entropy(used: list[Run]) -> dict | None:
+    """The used runs' shared corpus entropy (module doc of llmjax.data.entropy), or None."""
+    values = {(r.entropy, r.entropy_se) for r in used}
+    if len(values) != 1:
+        return None
+    value, se = values.pop()
+    return None if value is None else {"nats_per_token": value, "se": se}
 
 
 def _guarded(piece: str, absent: dict, fallback, fn, *args):
@@ -824,6 +873,12 @@ def analyze(
         )
     opts.check()
     runs = [parse_run(r) for r in rows]
+    if any(r.study == SCALING_STUDY for r in runs):
+        # A sweep with several studies (the demo's scaling and emergence runs): the fits use the
+        # scaling study's runs only, one shape family on one corpus.
+        runs = [r if r.study == SCALING_STUDY or not r.usable else dataclasses.replace(
+            r, usable=False, reason=f"study {r.study or '(none)'}: not in the scaling fits")
+                for r in runs]
     usable = [r for r in runs if r.usable]
     used, dropped = best_per_point(usable)
     by_name = {r.name: r for r in used}
@@ -842,6 +897,7 @@ def analyze(
         approach3,
     )
     return ScalingAnalysis(
+        entropy=_entropy(used),
         options=opts,
         runs=runs,
         used=used,

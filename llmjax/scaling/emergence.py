@@ -62,6 +62,12 @@ TESTED = ("exact_match", "exact_match_hard", "acc", "chrf", "normalized_token_ed
 INDUCTION_HEAD = 0.3
 # Probed checkpoints a run needs before its training trajectory is tested for a phase change.
 MIN_STEPS_FOR_PHASE = 5
+# Standard errors by which a model's exact match must beat chance (hard subset) and the in-context
+# frequency baseline (all queries) for an ability to count as present in that model.
+ABILITY_SE = 3.0
+# Metrics followed through training within each run (phase changes): the ICL and induction
+# scores, and every few-shot task's exact match.
+PHASE_METRICS = ("icl_score", "prefix_matching_max", "exact_match")
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,8 @@ class RunProbes:
     n_non_embedding: float
     # step -> (tokens, compute at that step, {(task, k, metric): (value, n)})
     steps: dict[int, tuple[float, float, dict[tuple[str, int, str], tuple[float, float | None]]]]
+    n_layers: int | None = None  # the run's depth (probes.csv n_layers), None when not recorded
+    study: str = ""  # the sweep's study it belongs to (probes.csv study)
 
     @property
     def final_step(self) -> int:
@@ -128,13 +136,17 @@ class EmergenceAnalysis:
     """Everything the report's emergence section shows."""
 
     compute: str  # 'flops_6nd' or 'flops'
-    runs: list[RunProbes]  # complete runs with probes, by size
+    runs: list[RunProbes]  # complete runs with probes of the shape family, by size
     skipped: list[str]  # runs with probes left out (not complete), as 'name (status)'
     tasks: dict[str, TaskSummary]
-    transitions: list[Transition]  # across the sweep
+    transitions: list[Transition]  # across the sweep (the shape family)
     phase_changes: list[Transition]  # within a run, over training (x = log10 tokens)
     findings: list[str]
     absent: dict[str, str] = field(default_factory=dict)
+    # Probed runs of another depth than the family's (e.g. a 1-layer control): not in the series
+    # across scale, but tested over training and in `abilities` beside the family.
+    controls: list[RunProbes] = field(default_factory=list)
+    abilities: list[dict[str, Any]] = field(default_factory=list)  # per few-shot (task, k)
 
     def transition(self, task: str, k: int, metric: str) -> Transition | None:
         return next((t for t in self.transitions
@@ -149,7 +161,18 @@ class EmergenceAnalysis:
                                "n_series": len(self.transitions),
                                "n_transitions": len(self.detected()),
                                "transitions": [f"{t.task} k={t.k} {t.metric}"
-                                               for t in self.detected()]}
+                                               for t in self.detected()],
+                               "abilities": [self._ability_summary(a) for a in self.abilities],
+                               "phase_changes": [{"run": t.runs[0], "task": t.task.split(":")[1],
+                                                  "k": t.k, "metric": t.metric,
+                                                  "tokens": 10 ** t.result.threshold}
+                                                 for t in self.phase_changes
+                                                 if t.result.detected],
+                               # Runs followed through training with no phase change at all.
+                               "phase_absent": sorted(
+                                   {t.runs[0] for t in self.phase_changes}
+                                   - {t.runs[0] for t in self.phase_changes
+                                      if t.result.detected})}
         for metric in ("icl_score", "prefix_matching_max"):
             values = [(r.value(task, 0, metric), r.name) for r in self.runs
                       for task in self._tasks_with(metric)]
@@ -159,6 +182,31 @@ class EmergenceAnalysis:
                                "argmin": min(values)[1], "argmax": max(values)[1]}
         return out
 
+    def _ability_summary(self, a: Mapping[str, Any]) -> dict[str, Any]:
+        """One few-shot (task, k) for the headline: the largest and smallest model's hard-subset
+        exact match against its baselines, the controls, and the transition tests of exact match
+        (hard subset) and of the continuous target cross-entropy beside it."""
+        def run(x: Mapping[str, Any]) -> dict[str, Any]:
+            return {key: x[key] for key in ("run", "n_non_embedding", "n_layers",
+                                            "exact_match_hard", "se_hard", "chance_hard",
+                                            "baseline_freq", "n_hard", "present")}
+
+        def test(metric: str) -> dict[str, Any] | None:
+            t = self.transition(a["task"], a["k"], metric)
+            if t is None:
+                return None
+            r = t.result
+            return {"metric": metric, "detected": bool(r.detected),
+                    "log10_compute": r.threshold, "ci": r.threshold_ci,
+                    "reason": "" if r.detected else r.reason}
+
+        return {"task": a["task"], "k": a["k"], "emerged": a["emerged"],
+                "present_in": a["present_in"], "smallest_with": a["smallest_with"],
+                "largest": run(a["runs"][-1]), "smallest": run(a["runs"][0]),
+                "controls": [run(c) for c in a["controls"]],
+                "transition": test("exact_match_hard"),
+                "continuous": test("target_cross_entropy")}
+
     def _tasks_with(self, metric: str) -> list[str]:
         return sorted({t for r in self.runs for s in r.steps.values() for (t, _, m) in s[2]
                        if m == metric})
@@ -166,10 +214,16 @@ class EmergenceAnalysis:
     def to_dict(self) -> dict[str, Any]:
         return {"compute": self.compute, "headline": self.headline(),
                 "runs": [{"name": r.name, "n_non_embedding": r.n_non_embedding,
-                          "compute": r.compute, "steps": sorted(r.steps)} for r in self.runs],
+                          "n_layers": r.n_layers, "compute": r.compute, "steps": sorted(r.steps),
+                          "control": r in self.controls}
+                         for r in self.runs + self.controls],
+                "abilities": self.abilities,
                 "skipped": self.skipped, "findings": self.findings, "absent": self.absent,
-                "transitions": [t.to_dict() for t in self.transitions],
-                "phase_changes": [t.to_dict() for t in self.phase_changes]}
+                "transitions": [{**t.to_dict(), "detected": bool(t.result.detected)}
+                                for t in self.transitions],
+                "phase_changes": [{**t.to_dict(), "run": t.runs[0], "task": t.task.split(":")[1],
+                                   "detected": bool(t.result.detected)}
+                                  for t in self.phase_changes]}
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -189,8 +243,11 @@ def parse_runs(rows: Iterable[Mapping[str, Any]], compute: str = "flops_6nd"
         step = to_float(row.get("step"))
         if value is None or step is None or not math.isfinite(value):
             continue
+        layers = to_float(row.get("n_layers"))
         run = by_run.setdefault(name, {"n": to_float(row.get("n_non_embedding")),
-                                       "status": str(row.get("status") or ""), "steps": {}})
+                                       "status": str(row.get("status") or ""), "steps": {},
+                                       "layers": None if layers is None else int(layers),
+                                       "study": str(row.get("study") or "")})
         tokens = to_float(row.get("tokens")) or 0.0
         c = to_float(row.get(compute)) or 0.0
         entry = run["steps"].setdefault(int(step), (tokens, c, {}))
@@ -201,7 +258,7 @@ def parse_runs(rows: Iterable[Mapping[str, Any]], compute: str = "flops_6nd"
         if run["status"].strip() != Status.COMPLETE or not run["n"]:
             skipped.append(f"{name} ({run['status'] or 'unknown'})")
             continue
-        runs.append(RunProbes(name, run["n"], run["steps"]))
+        runs.append(RunProbes(name, run["n"], run["steps"], run["layers"], run["study"]))
     runs.sort(key=lambda r: (r.n_non_embedding, r.compute, r.name))
     return runs, sorted(skipped)
 
@@ -266,20 +323,79 @@ def _test(task: str, k: int, metric: str, names, x, y, n, *, n_boot: int, seed: 
 
 
 def _phase_changes(runs: Sequence[RunProbes], *, n_boot: int, seed: int) -> list[Transition]:
-    """Sigmoid in log10 tokens over each run's probed steps, for the ICL and induction scores."""
+    """Sigmoid in log10 tokens over each run's probed steps, for PHASE_METRICS."""
     out = []
     for r in runs:
         steps = sorted(s for s in r.steps if r.steps[s][0] > 0)
         for (task, k, metric) in sorted({key for s in steps for key in r.steps[s][2]
-                                         if key[2] in ("icl_score", "prefix_matching_max")}):
-            pts = [(math.log10(r.steps[s][0]), r.value(task, k, metric, s)) for s in steps]
-            pts = [(a, b) for a, b in pts if b is not None]
+                                         if key[2] in PHASE_METRICS}):
+            got = [(s, r.steps[s][2].get((task, k, metric))) for s in steps]
+            pts = [(math.log10(r.steps[s][0]), v[0], v[1]) for s, v in got if v is not None]
             if len(pts) < MIN_STEPS_FOR_PHASE:
                 continue
-            x, y = zip(*pts, strict=True)
-            t = _test(task, k, metric, [r.name] * len(x), x, y, [None] * len(x),
-                      n_boot=n_boot, seed=seed)
+            x, y, n = zip(*pts, strict=True)
+            t = _test(task, k, metric, [r.name] * len(x), x, y, n, n_boot=n_boot, seed=seed)
             out.append(Transition(f"{r.name}:{task}", k, metric, t.result, t.runs, x, y))
+    return out
+
+
+def split_family(runs: Sequence[RunProbes]) -> tuple[list[RunProbes], list[RunProbes]]:
+    """(the shape family compared across scale, its controls). The family is the most common
+    (study, depth) among the runs, ties to the deeper; its controls are the runs of the same study
+    at another depth (a 1-layer control). Runs of other studies are in neither (they are still
+    followed through training). Runs without a recorded depth and study are one family."""
+    keys = [(r.study, r.n_layers) for r in runs]
+    if len(set(keys)) <= 1 or any(d is None for _, d in keys):
+        return list(runs), []
+    counts = {k: keys.count(k) for k in set(keys)}
+    study, depth = max(counts, key=lambda k: (counts[k], k[1], k[0]))
+    return ([r for r in runs if (r.study, r.n_layers) == (study, depth)],
+            [r for r in runs if r.study == study and r.n_layers != depth])
+
+
+def _ability(r: RunProbes, task: str, k: int) -> dict[str, Any] | None:
+    """Whether run r has the in-context ability of (task, k): its hard-subset exact match beats
+    chance and its exact match beats the in-context frequency baseline, each by ABILITY_SE
+    standard errors (binomial, under the baseline's rate)."""
+    em, hard = r.value(task, k, "exact_match"), r.value(task, k, "exact_match_hard")
+    chance = r.value(task, k, "baseline_chance_hard")
+    if chance is None:
+        chance = r.value(task, k, "baseline_chance")
+    freq = r.value(task, k, "baseline_freq") or 0.0
+    n, n_hard = r.count(task, k, "exact_match"), r.count(task, k, "exact_match_hard")
+    if None in (em, hard, chance) or not n or not n_hard:
+        return None
+    z_chance = (hard - chance) / _binomial_se(chance, n_hard)
+    z_freq = (em - freq) / _binomial_se(max(freq, chance), n)
+    return {"run": r.name, "n_non_embedding": r.n_non_embedding, "n_layers": r.n_layers,
+            "exact_match": em, "exact_match_hard": hard, "se_hard": _binomial_se(hard, n_hard),
+            "chance_hard": chance, "baseline_freq": freq, "n": n, "n_hard": n_hard,
+            "z_chance": z_chance, "z_freq": z_freq,
+            "present": bool(z_chance >= ABILITY_SE and z_freq >= ABILITY_SE)}
+
+
+def abilities(family: Sequence[RunProbes], controls: Sequence[RunProbes],
+              tasks: Mapping[str, TaskSummary]) -> list[dict[str, Any]]:
+    """Per few-shot (task, k): which runs have the ability (`_ability`), and whether it emerged
+    with scale: present in the largest model of the family and absent in the smallest."""
+    out = []
+    for task, info in tasks.items():
+        if not info.few_shot:
+            continue
+        for k in info.ks:
+            per_run = [a for a in (_ability(r, task, k) for r in family) if a is not None]
+            ctrl = [a for a in (_ability(r, task, k) for r in controls) if a is not None]
+            if not per_run:
+                continue
+            present = [a["run"] for a in per_run if a["present"]]
+            first = next((a for a in per_run if a["present"]), None)
+            out.append({
+                "task": task, "k": k, "runs": per_run, "controls": ctrl,
+                "present_in": present,
+                "emerged": bool(per_run[-1]["present"] and not per_run[0]["present"]),
+                "smallest_with": None if first is None else first["run"],
+                "smallest_n_with": None if first is None else first["n_non_embedding"],
+            })
     return out
 
 
@@ -294,10 +410,31 @@ def _binomial_se(p: float, n: float | None) -> float:
 
 
 def _findings(runs: Sequence[RunProbes], tasks: Mapping[str, TaskSummary],
-              transitions: Sequence[Transition], phases: Sequence[Transition]) -> list[str]:
+              transitions: Sequence[Transition], phases: Sequence[Transition],
+              found: Sequence[Mapping[str, Any]] = (), controls: Sequence[RunProbes] = ()
+              ) -> list[str]:
     """Plain sentences of what the probes show across the sweep (whatever they show)."""
     out: list[str] = []
     largest = runs[-1]
+    for a in found:
+        rows = "; ".join(f"{x['run']} {_fmt(x['exact_match_hard'])} ± {_fmt(x['se_hard'])}"
+                         for x in a["runs"])
+        base = a["runs"][-1]
+        head = (f"{a['task']} k={a['k']}: hard-subset exact match {rows} (chance "
+                f"{_fmt(base['chance_hard'])}, frequency baseline {_fmt(base['baseline_freq'])})")
+        if a["emerged"]:
+            text = (f"{head}: emerged with scale: beats both baselines by >= {ABILITY_SE:g} SE "
+                    f"from "
+                    f"{a['smallest_with']} (N = {_fmt(a['smallest_n_with'])}) up, not in "
+                    f"{a['runs'][0]['run']}")
+        elif a["present_in"]:
+            text = f"{head}: present in {', '.join(a['present_in'])} but not emerging with scale"
+        else:
+            text = f"{head}: not detected in any model (>= {ABILITY_SE:g} SE over both baselines)"
+        for c in a["controls"]:
+            text += (f"; control {c['run']} ({c['n_layers']} layer(s)) "
+                     f"{_fmt(c['exact_match_hard'])}: {'present' if c['present'] else 'absent'}")
+        out.append(text + ".")
     # In-context learning on the hard subset (where the frequency baseline is wrong).
     above, at_chance = [], []
     for task, info in tasks.items():
@@ -402,6 +539,8 @@ def analyze_emergence(rows: Iterable[Mapping[str, Any]], *, compute: str = "flop
                       n_boot: int = 200, seed: int = 0) -> EmergenceAnalysis:
     """The emergence analysis of probes.csv rows (see the module docstring)."""
     runs, skipped = parse_runs(rows, compute)
+    probed = runs
+    runs, controls = split_family(runs)
     if not runs:
         why = ("no complete run has probes: run `llmjax probe --workdir=RUN` on the sweep's runs,"
                " then `llmjax results`")
@@ -419,7 +558,7 @@ def analyze_emergence(rows: Iterable[Mapping[str, Any]], *, compute: str = "flop
         names, x, y, n = _series(runs, task, 0, metric)
         if len(set(x)) >= 2:
             transitions.append(_test(task, 0, metric, names, x, y, n, n_boot=n_boot, seed=seed))
-    phases = _phase_changes(runs, n_boot=n_boot, seed=seed)
+    phases = _phase_changes(probed, n_boot=n_boot, seed=seed)
     absent = {}
     if len(runs) < 2:
         absent["scale"] = "one probed run: nothing to compare across scale"
@@ -430,8 +569,10 @@ def analyze_emergence(rows: Iterable[Mapping[str, Any]], *, compute: str = "flop
         absent["phase"] = (f"phase changes within a run are tested with at least "
                            f"{MIN_STEPS_FOR_PHASE} probed checkpoints; the runs have "
                            f"{max(len(r.steps) for r in runs)} at most")
+    found = abilities(runs, controls, tasks)
     return EmergenceAnalysis(compute, runs, skipped, tasks, transitions, phases,
-                             _findings(runs, tasks, transitions, phases), absent)
+                             _findings(runs, tasks, transitions, phases, found, controls), absent,
+                             controls, found)
 
 
 def load_probe_rows(workdir: str) -> list[dict[str, Any]]:

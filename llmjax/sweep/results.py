@@ -63,12 +63,12 @@ RESULT_COLUMNS = (
     "best_eval_loss", "wall_time_s", "budget", "seed", "group",
     # extras (after the required columns)
     "vocab_size", "d_ff", "flops_per_token", "final_step", "final_eval_bits_per_byte",
-    "cpu_time_s",
+    "cpu_time_s", "study", "entropy_nats_per_token", "entropy_se", "schedule",
 )
 CURVE_COLUMNS = ("name", "step", "tokens", "flops", "flops_6nd", "eval_loss", "n_non_embedding",
                  "n_params", "eval_bits_per_byte")
 PROBE_COLUMNS = ("name", "status", "step", "final", "tokens", "flops", "flops_6nd", "n_params",
-                 "n_non_embedding", "task", "k", "metric", "value", "n")
+                 "n_non_embedding", "task", "k", "metric", "value", "n", "n_layers", "study")
 # Metrics that get a results.csv column: all-or-nothing and continuous scores side by side, the
 # hard subset (where the in-context frequency baseline is wrong), the ICL and induction scores.
 PROBE_METRICS = ("exact_match", "exact_match_hard", "normalized_token_edit_distance",
@@ -165,6 +165,17 @@ def _positive_int(section: dict[str, Any], key: str, where: str, source: str) ->
     if value is None or value <= 0:
         raise UserError(f"{source}: {where}.{key} is {section.get(key)!r}, not a positive integer")
     return value
+
+
+def _entropy_from_metadata(run: RunDir) -> tuple[float | None, float | None]:
+    """(nats per token, standard error) of the run's corpus as its generator computed it
+    (metadata.json `dataset.entropy.corpus`; llmjax.data.entropy); None when not computed."""
+    meta = read_json(run.metadata_path)
+    corpus = (((meta or {}).get("dataset") or {}).get("entropy") or {}).get("corpus") \
+        if isinstance(meta, dict) else None
+    if not isinstance(corpus, dict):
+        return None, None
+    return _float(corpus.get("nats_per_token")), _float(corpus.get("nats_per_token_se"))
 
 
 def _wall_from_metadata(run: RunDir, last_time: Any) -> float | None:
@@ -295,6 +306,12 @@ def _run_row(path: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str,
         "final_step": final_step,
         "final_eval_bits_per_byte": _float(evals[-1].get("bits_per_byte")) if evals else None,
         "cpu_time_s": _float(status.get("cpu_time_s")),
+        # Which study of a sweep the run belongs to (a point's `meta.study`, e.g. the demo's
+        # "scaling" and "emergence"); the scaling fits use the "scaling" runs when any is marked.
+        "study": overrides.get("meta.study") or "",
+        "schedule": o.get("schedule"),
+        **dict(zip(("entropy_nats_per_token", "entropy_se"), _entropy_from_metadata(run),
+                   strict=True)),
     }
     tokens_per_step = batch * seq_len
     curves = []
@@ -307,6 +324,8 @@ def _run_row(path: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str,
                        "n_non_embedding": n_ne, "n_params": info["n_params"],
                        "eval_bits_per_byte": _float(r.get("bits_per_byte"))})
     probes = _probe_rows(run, name, run_status, info, tokens_per_step)
+    for p in probes:  # the shape family and study, so the emergence analysis can group runs
+        p["n_layers"], p["study"] = row["n_layers"], row["study"]
     row.update(_probe_columns(probes))
     return row, curves, overrides, probes
 

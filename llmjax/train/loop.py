@@ -133,11 +133,25 @@ def run_metadata(argv: list[str] | None = None, mesh: Any = None) -> dict[str, A
     }
 
 
+def _dataset_record(exp: Experiment) -> dict[str, Any]:
+    """The training data's spec and, for a synthetic corpus, the entropy its generator computed
+    (`llmjax.data.entropy`): ground truth for the irreducible loss of a scaling fit."""
+    from llmjax.data import builders
+
+    spec = exp.data.dataset_spec
+    try:
+        meta = builders.dataset_metadata(spec, exp.data.data_dir)
+    except Exception as e:  # noqa: BLE001 - bookkeeping; the pipeline has already read the data
+        return {"spec": spec, "error": f"{type(e).__name__}: {e}"}
+    return {"spec": spec, "entropy": meta.get("entropy")}
+
+
 def _write_run_files(run: RunDir, exp: Experiment, resume_step: int | None, tokenizer: Any,
                      argv: list[str] | None, mesh: Any, changes: dict[str, Any]) -> None:
     """config.json, metadata.json (a resume appends to `resumes`), tokenizer/."""
     rundir.atomic_write(run.config_path, exp.to_json() + "\n")
     meta = run_metadata(argv, mesh)
+    meta["dataset"] = _dataset_record(exp)
     first = rundir.read_json(run.metadata_path)
     if isinstance(first, dict):
         first.setdefault("resumes", []).append(
