@@ -2,14 +2,17 @@
 
     python -m llmjax.demo --workdir=demo [--config=FILE] [--parallel=2]
 
-1. build the `synthetic` dataset (seconds; a no-op when already built);
-2. run the model-size sweep of `--config` (default experiments/configs/scaling_demo.py; each
-   point is its own `llmjax train` subprocess; finished points are skipped, so a rerun resumes);
-3. probe every kept checkpoint of every finished run for zero-/few-shot and in-context
-   abilities (`llmjax probe --all_steps`), so the report can follow them through training;
-4. gather the runs into results.csv / curves.csv (`llmjax results`);
-5. fit the scaling laws and write the report (`llmjax report`), then print where it is and its
-   headline numbers.
+1. build the default `synthetic` dataset (seconds; a no-op when already built; each study's own
+   corpus is built by its first run, with the entropy its generator computes);
+2. run the sweep of `--config` (default experiments/configs/demo.py: a scaling study, an
+   associative-recall emergence study and an induction study; each point is its own `llmjax
+   train` subprocess; finished points are skipped, so a rerun resumes);
+3. probe every kept checkpoint of the emergence and induction runs (`llmjax probe --all_steps`,
+   one process per study), so the report can follow abilities across scale and through training;
+4. gather the runs into results.csv / curves.csv / probes.csv (`llmjax results`);
+5. fit the scaling laws, test the probes for emergence and write the report (`llmjax report`),
+   then print where it is and its headline: the law, its error on the held-out model, E against
+   the corpus's entropy, the abilities that emerged where, the phase changes.
 
 Each step is the same command a researcher would type, run as a subprocess, so the demo is also
 a worked example of the CLI. The data directory is $TFDS_DATA_DIR when set, else WORKDIR/data,
@@ -25,12 +28,12 @@ import subprocess
 import sys
 import time
 
-from llmjax.rundir import RunDir
+from llmjax.rundir import OVERRIDES, RunDir, read_json
 from llmjax.sweep.runner import RUNS_DIR
 
 DEFAULT_CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    "experiments", "configs", "scaling_demo.py",
+    "experiments", "configs", "demo.py",
 )
 
 
@@ -46,12 +49,25 @@ def _step(title: str, argv: list[str], env: dict[str, str]) -> float:
     return time.time() - start
 
 
-def _finished_runs(workdir: str) -> list[str]:
-    """Run directories under WORKDIR/runs that are complete, by name."""
+def _finished_runs(workdir: str) -> dict[str, list[str]]:
+    """Complete run directories under WORKDIR/runs by study (a point's `meta.study`), by name."""
     runs_dir = os.path.join(workdir, RUNS_DIR)
     names = sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []
-    return [os.path.join(runs_dir, n) for n in names
-            if RunDir(os.path.join(runs_dir, n)).is_complete()]
+    out: dict[str, list[str]] = {}
+    for n in names:
+        path = os.path.join(runs_dir, n)
+        if RunDir(path).is_complete():
+            overrides = read_json(os.path.join(path, OVERRIDES))
+            study = (overrides or {}).get("meta.study", "") if isinstance(overrides, dict) else ""
+            out.setdefault(study, []).append(path)
+    return out
+
+
+# What the probe step runs per study: None = the run's whole suite (config.evals), a list = those
+# tasks only, absent = not probed. The scaling study's runs are fitted on their eval loss alone;
+# the induction runs are probed for induction heads and the ICL score.
+PROBES_BY_STUDY: dict[str, list[str] | None] = {"": None, "emergence": None,
+                                                "induction": ["induction", "icl"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,11 +94,16 @@ def main(argv: list[str] | None = None) -> int:
         env,
     )
     if not args.skip_probes:
-        runs = _finished_runs(workdir)
-        if runs:  # one process for every run: imports, probe data and programs are shared
-            timings["probes"] = _step(f"3/5 probes ({len(runs)} runs)",
-                                      ["probe", f"--workdir={','.join(runs)}", "--all_steps",
-                                       "--quiet"], env)
+        start_probes = time.time()
+        for study, runs in _finished_runs(workdir).items():
+            if study not in PROBES_BY_STUDY:
+                continue
+            tasks = PROBES_BY_STUDY[study]
+            # One process per study: imports, probe data and programs are shared by its runs.
+            _step(f"3/5 probes ({len(runs)} {study or 'unlabelled'} runs)",
+                  ["probe", f"--workdir={','.join(runs)}", "--all_steps", "--quiet",
+                   *([f"--tasks={','.join(tasks)}"] if tasks else [])], env)
+        timings["probes"] = time.time() - start_probes
     timings["results"] = _step("4/5 results", ["results", f"--workdir={workdir}"], env)
     timings["report"] = _step("5/5 report", ["report", f"--workdir={workdir}"], env)
 

@@ -17,6 +17,7 @@ from llmjax.sweep.spec import load_sweep, model_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "experiments", "configs")
 DEMO = os.path.join(CONFIGS, "scaling_demo.py")
+MAKE_DEMO = os.path.join(CONFIGS, "demo.py")
 ISOFLOP = os.path.join(CONFIGS, "isoflop.py")
 GPU = os.path.join(CONFIGS, "scaling_gpu.py")
 
@@ -55,6 +56,41 @@ def test_demo_ladder_spans_decades_at_fixed_tokens_per_param():
     half = load_sweep(DEMO + ":tokens_per_param=10")
     for p, q in zip(sweep.points, half.points, strict=True):
         assert q.cost.tokens == pytest.approx(p.cost.tokens / 2, rel=0.05)
+
+
+def test_make_demo_sweep_has_one_family_per_study():
+    """experiments/configs/demo.py: the scaling study is one 2-layer width family at one batch
+    and a constant lr (its eval curves are the D axis); the emergence study trains every width on
+    the same associative-recall corpus for the same steps, beside a 1-layer control; the
+    induction study is 2 layers against 1."""
+    sweep = load_sweep(MAKE_DEMO)
+    by_study = {}
+    for p in sweep.points:
+        by_study.setdefault(p.overrides["meta.study"], []).append(p)
+    assert set(by_study) == {"scaling", "emergence", "induction"}
+    scaling = by_study["scaling"]
+    assert len(scaling) >= 5
+    assert {p.config.model.n_layers for p in scaling} == {2}
+    assert {(p.config.data.batch_size, p.config.steps, p.config.optimizer.schedule)
+            for p in scaling} == {(16, 500, "constant")}
+    assert all(p.config.steps // p.config.eval_every >= 8 for p in scaling)
+    ns = [_counts(p.config)[0].non_embedding for p in scaling]
+    assert ns == sorted(ns) and math.log10(ns[-1] / ns[0]) >= 1.0
+    for p in scaling:  # the corpus whose entropy the generator computes exactly
+        assert p.config.data.synthetic.episodes == 0 and p.config.data.synthetic.repeats == 0
+    emergence = by_study["emergence"]
+    family = [p for p in emergence if p.config.model.n_layers == 2]
+    controls = [p for p in emergence if p.config.model.n_layers == 1]
+    assert len(family) >= 5 and len(controls) == 1  # the transition test needs 5 sizes
+    assert controls[0].config.model.d_model == max(p.config.model.d_model for p in family)
+    assert len({(p.config.steps, p.config.data.batch_size, p.config.optimizer.lr,
+                 DataConfig.from_config(p.config.data).dataset_spec) for p in emergence}) == 1
+    assert all(p.config.data.synthetic.episode_assoc == 1.0 for p in emergence)
+    assert {p.config.model.n_layers for p in by_study["induction"]} == {1, 2}
+    assert len({p.name for p in sweep.points}) == len(sweep.points)
+    # One point's full config, as `llmjax train --config=demo.py:point=NAME` gets it.
+    one = load_config(MAKE_DEMO + ":point=e_d64_l1")
+    assert (one.model.n_layers, one.model.d_model, one.steps) == (1, 64, 2000)
 
 
 def test_isoflop_points_spend_their_budget(tmp_path):
