@@ -20,7 +20,7 @@ experiments/demo_design.md.)
 Emergence study (points `e_d<w>_l<L>`, meta.study = "emergence"): multi-query associative recall
 (Zoology's MQAR; the `assoc` episode kind, "ar: a3 f7 q1 | f7 a3 ...", a fresh letter-digit store
 in every document, so every rule a probe meets is new), at one token budget (2000 steps of 16 x 128
-tokens) for every model: widths EMERGENCE_WIDTHS with 2 layers, and the widest with 1 layer as
+tokens) for every model: widths EMERGENCE_WIDTHS with 2 layers, and width 64 with 1 layer as
 the control that cannot compose the two attention steps a lookup needs. Learned positions,
 constant lr after a short warmup, one lr for every width (3e-3; 1e-2 never formed the lookup).
 Checkpoints every 1/8 of training are kept, so `llmjax probe --all_steps` follows the ability
@@ -62,7 +62,9 @@ EVAL_ROWS = 256  # validation sequences per evaluation, identical across sizes
 SCALING_CORPUS = {"prose": 0.25, "facts": 0.15, "episodes": 0.0, "repeats": 0.0}
 
 # ---- emergence study
-EMERGENCE_WIDTHS = (16, 24, 32, 48, 64)  # 5 sizes: the transition test needs 5 distinct x
+# 7 sizes: the transition test needs >= 5 distinct x, and with 5 (16-64) its F test on the
+# sigmoid's one spare degree of freedom could not tell the jump from a line (p = 0.31-0.55).
+EMERGENCE_WIDTHS = (16, 24, 32, 40, 48, 64, 80)
 EMERGENCE_CONTROL = (64, 1)  # (width, layers): one layer cannot compose an induction head
 EMERGENCE_STEPS = 2000
 EMERGENCE_BATCH = 16

@@ -145,9 +145,13 @@ def _few_shot_mean(r: RunProbes, a: EmergenceAnalysis, step: int, metric: str) -
 
 
 def plot_training(a: EmergenceAnalysis) -> Figure | None:
-    """Every probed checkpoint of every run against training tokens, coloured by N."""
-    if not any(len(r.steps) > 1 for r in a.runs):
+    """Every probed checkpoint of every probed run against training tokens, coloured by N: the
+    family solid, its controls (another depth) dashed, runs of other studies dotted."""
+    every = a.runs + a.controls + a.others
+    if not any(len(r.steps) > 1 for r in every):
         return None
+    style = {**{r.name: "-" for r in a.runs}, **{r.name: "--" for r in a.controls},
+             **{r.name: ":" for r in a.others}}
     panels = [("ICL score (nats)", lambda r, s: r.value("icl", 0, "icl_score", s)),
               ("best prefix-matching score",
                lambda r, s: r.value("induction", 0, "prefix_matching_max", s)),
@@ -164,22 +168,27 @@ def plot_training(a: EmergenceAnalysis) -> Figure | None:
     rows = -(-len(panels) // cols)
     fig = Figure(figsize=(4.6 * cols, 3.8 * rows))
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    colours = _size_colours(a.runs)
+    colours = _size_colours(every)
     for ax, (label, get) in zip(axes, panels, strict=False):
-        for r in a.runs:
+        for r in every:
             pts = [(r.steps[s][0], get(r, s)) for s in sorted(r.steps)]
             pts = [(x, y) for x, y in pts if y is not None and x > 0]
             if pts:
                 x, y = zip(*pts, strict=True)
-                ax.plot(x, y, color=colours[r.name], marker="o", ms=3, label=r.name)
+                ax.plot(x, y, color=colours[r.name], ls=style[r.name], marker="o", ms=3,
+                        label=r.name)
         ax.set_xscale("log")
         ax.grid(True, which="both", alpha=0.25)
         ax.set_xlabel("training tokens")
         ax.set_ylabel(label, fontsize=8)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle("Probes through training (each probed checkpoint; colour = model size)")
+    # One legend, on the panel with the most runs drawn.
+    best = max(axes[:len(panels)], key=lambda ax: len(ax.get_legend_handles_labels()[0]))
+    if best.get_legend_handles_labels()[0]:
+        best.legend(fontsize=6, loc="best")
+    fig.suptitle("Probes through training (colour = model size; dashed: another depth; "
+                 "dotted: another study)")
     fig.tight_layout()
     return fig
 

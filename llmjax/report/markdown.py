@@ -76,7 +76,7 @@ def headline_lines(headline: dict[str, Any]) -> list[str]:
     if "alpha_N" in headline:
         e = f", E = {ci(headline['E'])} nats" if "E" in headline else ""
         lines.append(f"L(N): alpha_N = {ci(headline['alpha_N'])}{e}")
-    if "alpha_C" in headline:
+    if "alpha_C" in headline and not ch:  # the frontier when no parametric law was fitted
         lines.append(f"L(C) frontier: alpha_C = {ci(headline['alpha_C'])}")
     for method, ex in headline.get("extrapolation", {}).items():
         parts = []
@@ -487,7 +487,8 @@ def render_markdown(
     headline = a.headline()
     if emergence is not None:
         headline["emergence"] = emergence.headline()
-    out = [f"# {title}", "", "## Headline", ""]
+    # The headline comes first, right under the title: what the sweep showed, in <= 10 lines.
+    out = [f"# {title}", ""]
     out += [f"- {line}" for line in headline_lines(headline)]
     out.append("")
     if "all" in a.absent:

@@ -147,6 +147,7 @@ class EmergenceAnalysis:
     # across scale, but tested over training and in `abilities` beside the family.
     controls: list[RunProbes] = field(default_factory=list)
     abilities: list[dict[str, Any]] = field(default_factory=list)  # per few-shot (task, k)
+    others: list[RunProbes] = field(default_factory=list)  # probed runs of other studies
 
     def transition(self, task: str, k: int, metric: str) -> Transition | None:
         return next((t for t in self.transitions
@@ -570,9 +571,10 @@ def analyze_emergence(rows: Iterable[Mapping[str, Any]], *, compute: str = "flop
                            f"{MIN_STEPS_FOR_PHASE} probed checkpoints; the runs have "
                            f"{max(len(r.steps) for r in runs)} at most")
     found = abilities(runs, controls, tasks)
+    others = [r for r in probed if r not in runs and r not in controls]
     return EmergenceAnalysis(compute, runs, skipped, tasks, transitions, phases,
                              _findings(runs, tasks, transitions, phases, found, controls), absent,
-                             controls, found)
+                             controls, found, others)
 
 
 def load_probe_rows(workdir: str) -> list[dict[str, Any]]:
