@@ -127,7 +127,8 @@ def test_episode_sampled_shots_in_the_episode_format(episodes: list[S.Episode]) 
         assert answer == true_answer and prompt.endswith(" " + query + fmt.qa_sep)
         shots = prompt[len(description):].split(fmt.ex_sep)[:-1]
         assert len(shots) == k
-        pairs = [tuple(s.split(fmt.qa_sep)) for s in shots]
+        # assoc's value follows its one-letter key directly (qa_sep is empty).
+        pairs = [tuple(s.split(fmt.qa_sep)) if fmt.qa_sep else (s[:1], s[1:]) for s in shots]
         # Shots are other examples of this episode, ids drawn by the lm-eval rule, never `index`.
         ids = [d.id for d in random.Random(5).sample(docs, k + 1) if d.id != index][:k]
         assert pairs == [ep.examples[i] for i in ids]

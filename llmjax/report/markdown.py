@@ -147,8 +147,10 @@ def _emergence_lines(e: dict[str, Any]) -> list[str]:
                               "the jump may be the metric's (Schaeffer et al. 2023)")
             elif t is not None:
                 trans = f"; {t['reason']}"
+            gaps = shown.get("absent_above") or []
+            order = (f"; not monotone in N: absent in {', '.join(gaps)}" if gaps else "")
             out.append(f"Emerged with scale: {task} k={ks} (k={shown['k']}: {numbers}; first in "
-                       f"{shown['smallest_with']}{trans}{ctrl})")
+                       f"{shown['smallest_with']}{order}{trans}{ctrl})")
         else:
             out.append(f"Not detected: {task} at any k beats chance and the frequency baseline "
                        f"by 3 SE in the largest model and not the smallest (k={shown['k']}: "
@@ -157,10 +159,15 @@ def _emergence_lines(e: dict[str, Any]) -> list[str]:
         out.append("No few-shot task was probed.")
     phases = e.get("phase_changes", [])
     if phases:
+        grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        for p in phases:  # one entry per run, task and metric; the ks side by side
+            grouped.setdefault((p["run"], p["task"], p["metric"]), []).append(p)
         parts = []
-        for p in phases:
-            k = f" k={p['k']}" if p["metric"] in ("exact_match", "exact_match_hard") else ""
-            parts.append(f"{p['run']} {p['task']}{k} {p['metric']} at {_si(p['tokens'])} tokens")
+        for (run, task, metric), ps in grouped.items():
+            ks = (f" (k={','.join(str(p['k']) for p in ps)})"
+                  if metric in ("exact_match", "exact_match_hard") else "")
+            at = "/".join(_si(p["tokens"]) for p in ps)
+            parts.append(f"{run} {task} {metric}{ks} at {at} tokens")
         absent = e.get("phase_absent", [])
         out.append("Phase changes over training: " + "; ".join(parts)
                    + (f"; none in {', '.join(absent)}" if absent else ""))

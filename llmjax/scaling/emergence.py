@@ -203,6 +203,7 @@ class EmergenceAnalysis:
 
         return {"task": a["task"], "k": a["k"], "emerged": a["emerged"],
                 "present_in": a["present_in"], "smallest_with": a["smallest_with"],
+                "absent_above": a["absent_above"],
                 "largest": run(a["runs"][-1]), "smallest": run(a["runs"][0]),
                 "controls": [run(c) for c in a["controls"]],
                 "transition": test("exact_match_hard"),
@@ -390,7 +391,11 @@ def abilities(family: Sequence[RunProbes], controls: Sequence[RunProbes],
                 continue
             present = [a["run"] for a in per_run if a["present"]]
             first = next((a for a in per_run if a["present"]), None)
+            # Models larger than the smallest with the ability that lack it: not monotone in N.
+            gaps = [] if first is None else [a["run"] for a in per_run[per_run.index(first):]
+                                             if not a["present"]]
             out.append({
+                "absent_above": gaps,
                 "task": task, "k": k, "runs": per_run, "controls": ctrl,
                 "present_in": present,
                 "emerged": bool(per_run[-1]["present"] and not per_run[0]["present"]),
@@ -424,10 +429,12 @@ def _findings(runs: Sequence[RunProbes], tasks: Mapping[str, TaskSummary],
         head = (f"{a['task']} k={a['k']}: hard-subset exact match {rows} (chance "
                 f"{_fmt(base['chance_hard'])}, frequency baseline {_fmt(base['baseline_freq'])})")
         if a["emerged"]:
-            text = (f"{head}: emerged with scale: beats both baselines by >= {ABILITY_SE:g} SE "
-                    f"from "
-                    f"{a['smallest_with']} (N = {_fmt(a['smallest_n_with'])}) up, not in "
-                    f"{a['runs'][0]['run']}")
+            text = (f"{head}: emerged with scale: beats both baselines by >= {ABILITY_SE:g} SE in "
+                    f"the largest model and not the smallest; first in {a['smallest_with']} "
+                    f"(N = {_fmt(a['smallest_n_with'])})")
+            if a["absent_above"]:
+                text += (f", but not monotone in N: absent in {', '.join(a['absent_above'])}, "
+                         "a larger model")
         elif a["present_in"]:
             text = f"{head}: present in {', '.join(a['present_in'])} but not emerging with scale"
         else:
