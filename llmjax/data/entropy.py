@@ -125,8 +125,7 @@ def document_log_probs(config: S.SyntheticConfig, split: str) -> Iterator[tuple[
             yield family, text, facts_log_prob(trace, world)
 
 
-def split_entropy(config: S.SyntheticConfig, split: str = "validation",
-                  max_docs: int | None = None) -> dict[str, Any]:
+def split_entropy(config: S.SyntheticConfig, split: str = "validation") -> dict[str, Any]:
     """Per family (and the mixture of the exact families): documents, mean nats per document,
     nats per token of the stream (bytes + BOS + EOS), bits per byte, and the standard error of
     the per-token rate as an estimate over the process. Families without an exact scorer are
@@ -138,9 +137,7 @@ def split_entropy(config: S.SyntheticConfig, split: str = "validation",
                                             if weights[f] > 0 and f not in EXACT_FAMILIES]}
     nll: dict[str, list[float]] = {f: [] for f in EXACT_FAMILIES}
     tokens: dict[str, list[int]] = {f: [] for f in EXACT_FAMILIES}
-    for i, (family, text, lp) in enumerate(document_log_probs(config, split)):
-        if max_docs is not None and i >= max_docs:
-            break
+    for family, text, lp in document_log_probs(config, split):
         nll[family].append(-lp - math.log(weights[family] / total_w))
         tokens[family].append(len(text.encode("utf-8")) + 2)
     for family in EXACT_FAMILIES:

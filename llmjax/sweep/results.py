@@ -167,10 +167,9 @@ def _positive_int(section: dict[str, Any], key: str, where: str, source: str) ->
     return value
 
 
-def _entropy_from_metadata(run: RunDir) -> tuple[float | None, float | None]:
+def _entropy_from_metadata(meta: Any) -> tuple[float | None, float | None]:
     """(nats per token, standard error) of the run's corpus as its generator computed it
     (metadata.json `dataset.entropy.corpus`; llmjax.data.entropy); None when not computed."""
-    meta = read_json(run.metadata_path)
     corpus = (((meta or {}).get("dataset") or {}).get("entropy") or {}).get("corpus") \
         if isinstance(meta, dict) else None
     if not isinstance(corpus, dict):
@@ -178,11 +177,10 @@ def _entropy_from_metadata(run: RunDir) -> tuple[float | None, float | None]:
     return _float(corpus.get("nats_per_token")), _float(corpus.get("nats_per_token_se"))
 
 
-def _wall_from_metadata(run: RunDir, last_time: Any) -> float | None:
+def _wall_from_metadata(meta: Any, last_time: Any) -> float | None:
     """Seconds from the run's start (metadata.json) to its last train record (no sweep status)."""
     import datetime
 
-    meta = read_json(run.metadata_path)  # damage only means "not known" here
     if not isinstance(meta, dict):
         return None
     try:
@@ -277,9 +275,10 @@ def _run_row(path: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str,
     else:  # trained outside a sweep, by a loop that left no status.json: infer from its metrics
         run_status = (Status.COMPLETE if train and final_step >= steps
                       else Status.RUNNING if train else Status.PENDING)
+    meta = read_json(run.metadata_path)  # damage only means "not known" here
     wall = _float(status.get("wall_time_s"))
     if not wall and train:
-        wall = _wall_from_metadata(run, train[-1].get("time"))
+        wall = _wall_from_metadata(meta, train[-1].get("time"))
     budget = status.get("budget")
     if budget is None:
         budget = (point or {}).get("budget")
@@ -310,7 +309,7 @@ def _run_row(path: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str,
         # "scaling" and "emergence"); the scaling fits use the "scaling" runs when any is marked.
         "study": overrides.get("meta.study") or "",
         "schedule": o.get("schedule"),
-        **dict(zip(("entropy_nats_per_token", "entropy_se"), _entropy_from_metadata(run),
+        **dict(zip(("entropy_nats_per_token", "entropy_se"), _entropy_from_metadata(meta),
                    strict=True)),
     }
     tokens_per_step = batch * seq_len

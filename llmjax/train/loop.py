@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import math
 import os
 import platform
@@ -147,13 +148,16 @@ def _dataset_record(exp: Experiment) -> dict[str, Any]:
 
 
 def _write_run_files(run: RunDir, exp: Experiment, resume_step: int | None, tokenizer: Any,
-                     argv: list[str] | None, mesh: Any, changes: dict[str, Any]) -> None:
-    """config.json, metadata.json (a resume appends to `resumes`), tokenizer/."""
+                     argv: list[str] | None, mesh: Any, changes: dict[str, Any],
+                     dataset: Callable[[], dict[str, Any]]) -> None:
+    """config.json, metadata.json (a resume appends to `resumes`), tokenizer/. `dataset` gives
+    the `_dataset_record` of the members' shared data, asked only for a first metadata.json."""
     rundir.atomic_write(run.config_path, exp.to_json() + "\n")
     meta = run_metadata(argv, mesh)
-    meta["dataset"] = _dataset_record(exp)
     first = rundir.read_json(run.metadata_path)
-    if isinstance(first, dict):
+    if not isinstance(first, dict):
+        meta["dataset"] = dataset()
+    else:
         first.setdefault("resumes", []).append(
             {"time": meta["start_time"], "step": resume_step or 0, "git_sha": meta["git_sha"],
              "packages": meta["packages"],
@@ -769,10 +773,12 @@ def _train(exps: list[Experiment], runs: list[RunDir], setup: Setup, stop: _Stop
     else:
         resume_step, state = None, setup.init_fn()
     shared = _SharedState(setup, state)
+    dataset = functools.cache(lambda: _dataset_record(exp))  # the members share one data config
     loops = []
     for i, (e, run, ckpt) in enumerate(zip(exps, runs, ckpts, strict=True)):
         if primary:
-            _write_run_files(run, e, resume_step, tokenizer, argv, setup.mesh, changes[i])
+            _write_run_files(run, e, resume_step, tokenizer, argv, setup.mesh, changes[i],
+                             dataset)
         writer = MetricsWriter(run.path, resume_step=resume_step or 0,
                                tensorboard=e.train.tensorboard, enabled=primary)
         # One progress bar: the first member's (the others' lines are in their metrics).
