@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "results": ("llmjax.sweep.results", "gather a sweep's runs into results.csv and curves.csv"),
     "report": ("llmjax.report.cli", "scaling-law fits, plots and report.md of a sweep"),
     "probe": ("llmjax.eval.cli", "few-shot probes, ICL score and induction heads of a run"),
+    "generate": ("llmjax.generate.cli", "continue prompts with a run's model (KV-cache decoding)"),
+    "serve": ("llmjax.generate.server", "an OpenAI-compatible completions server for a run"),
 }
 
 

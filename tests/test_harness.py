@@ -11,7 +11,8 @@ import pytest
 
 from llmjax.data.tokenizer import ByteTokenizer
 from llmjax.eval import metrics
-from llmjax.eval.harness import LM, bucket, cut_at_stop, rolling_windows
+from llmjax.eval.harness import LM, rolling_windows
+from llmjax.generate.decode import bucket, cut_at_stop
 
 TOK = ByteTokenizer()
 V = TOK.vocab_size  # 259
@@ -187,8 +188,8 @@ def test_generate_until_is_greedy_argmax_of_a_real_forward_pass():
 
 
 def test_cut_at_stop_and_bucket():
-    assert cut_at_stop("abc def\nx", [" ", "\n"]) == "abc"
-    assert cut_at_stop("abc", ["", "z"]) == "abc"
+    assert cut_at_stop("abc def\nx", ["\n", " "]) == ("abc", True)
+    assert cut_at_stop("abc", ["", "z"]) == ("abc", False)
     assert [bucket(n, 16, 100) for n in (1, 16, 17, 64, 65, 100)] == [16, 16, 32, 64, 100, 100]
     with pytest.raises(ValueError):
         bucket(101, 16, 100)

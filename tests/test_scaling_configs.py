@@ -83,6 +83,7 @@ def test_make_demo_sweep_has_one_family_per_study():
     controls = [p for p in emergence if p.config.model.n_layers == 1]
     assert len(family) >= 5 and len(controls) == 1  # the transition test needs 5 sizes
     assert controls[0].config.model.d_model in {p.config.model.d_model for p in family}
+    assert len({p.config.model.n_heads for p in emergence}) == 1  # one head count throughout
     assert len({(p.config.steps, p.config.data.batch_size, p.config.optimizer.lr,
                  DataConfig.from_config(p.config.data).dataset_spec) for p in emergence}) == 1
     assert all(p.config.data.synthetic.episode_assoc == 1.0 for p in emergence)

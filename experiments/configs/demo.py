@@ -20,9 +20,10 @@ experiments/demo_design.md.)
 Emergence study (points `e_d<w>_l<L>`, meta.study = "emergence"): multi-query associative recall
 (Zoology's MQAR; the `assoc` episode kind, "ar: a3 f7 q1 | f7 a3 ...", a fresh letter-digit store
 in every document, so every rule a probe meets is new), at one token budget (3000 steps of 16 x 128
-tokens, 6.1M) for every model: widths EMERGENCE_WIDTHS with 2 layers, and width 64 with 1 layer as
-the control that cannot compose the two attention steps a lookup needs. Learned positions,
-constant lr after a short warmup, one lr for every width (3e-3; 1e-2 never formed the lookup).
+tokens, 6.1M) for every model: widths EMERGENCE_WIDTHS with 2 layers and 4 heads each, and width
+64 with 1 layer as the control that cannot compose the two attention steps a lookup needs.
+Learned positions, constant lr after a short warmup, one lr for every width (3e-3; 1e-2 never
+formed the lookup).
 Checkpoints every 1/8 of training are kept, so `llmjax probe --all_steps` follows the ability
 through training. Its probes: the lookup at k = 0, 1, 4 shots, 352 held-out episodes per cell.
 
@@ -67,6 +68,11 @@ SCALING_CORPUS = {"prose": 0.25, "facts": 0.15, "episodes": 0.0, "repeats": 0.0}
 # Width 80 (4.6 CPU-min at 2000 steps) did not fit the budget at 3000 steps.
 EMERGENCE_WIDTHS = (16, 24, 32, 40, 48, 64)
 EMERGENCE_CONTROL = (64, 1)  # (width, layers): one layer cannot compose an induction head
+# 4 heads at every width (head_dim = width / 4). With the scaling study's head_dim 16 (1-4 heads)
+# the lookup formed at widths 24, 32, 48, 64 and not at 40 (3 lrs, 2 seeds): not monotone in
+# width. With 4 heads, seed 0: not at 16, 24, 32 (nor 32 with seed 1), at 40, 48, 64 (40 with
+# seed 1: not). experiments/demo_design.md has the runs.
+EMERGENCE_HEADS = 4
 # 3000 steps: at 2000 (4.1M tokens) whether a run had formed the lookup depended on when its
 # phase change fell: widths 48 and 64 had, 40 and 80 had not (experiments/demo_design.md).
 EMERGENCE_STEPS = 3000
@@ -152,6 +158,7 @@ def emergence_point(width, n_layers):
     return {
         "name": f"e_d{width}_l{n_layers}",
         **_shape(width, n_layers),
+        "model.n_heads": EMERGENCE_HEADS,
         **_corpus(EMERGENCE_CORPUS),
         # Episodes are associative recall only.
         **{f"data.synthetic.episode_{k}": 0.0

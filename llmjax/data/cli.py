@@ -23,16 +23,9 @@ import json
 import sys
 from typing import Any
 
-from llmjax.errors import UserError
+from llmjax.errors import ArgParser, UserError
 
 _SYNTHETIC_PREFIX = "--synthetic."
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one-line UserErrors (the top-level CLI prints and exits 2)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise UserError(f"{self.prog}: {message}")
 
 
 def _bool(text: str) -> bool:
@@ -61,8 +54,8 @@ def _split_synthetic(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="llmjax data", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = ArgParser(prog="llmjax data", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgParser)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dataset", required=True, help="dataset spec (see llmjax.data.builders)")

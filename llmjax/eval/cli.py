@@ -5,6 +5,9 @@ step, or every complete checkpoint; merges the records into RUN/probes.jsonl (re
 replaces records, never duplicates them) and prints a compact table of the last step probed.
 Several runs (a comma-separated list, or --workdir repeated) are probed one after the other in
 one process, sharing imports, probe data and the compiled programs of equal model shapes.
+
+--export_lm_eval=DIR probes nothing: it writes the listed multiple-choice probes (k = 0) as
+lm-evaluation-harness tasks (llmjax.eval.lm_eval_task) and prints the lm_eval command line.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from typing import Any
 from llmjax.errors import UserError
 
 USAGE = ("usage: llmjax probe --workdir=RUN[,RUN...] [--step=S | --all_steps] [--tasks=a,b] "
-         "[--quiet]")
-_FLAGS = ("workdir", "step", "tasks")
+         "[--quiet] | --workdir=RUN --tasks=a,b --export_lm_eval=DIR")
+_FLAGS = ("workdir", "step", "tasks", "export_lm_eval")
 _SWITCHES = ("all_steps", "quiet")
 
 # Columns of the few-shot table: (metric, header).
@@ -111,6 +114,8 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from llmjax.eval.probe import run_probes
 
+    if args.get("export_lm_eval"):
+        return _export(args)
     steps: Any = "all" if args["all_steps"] else args.get("step")
     log = None if args["quiet"] else (lambda line: print(line, file=sys.stderr, flush=True))
     workdirs = [w for w in args["workdir"].split(",") if w]
@@ -118,6 +123,22 @@ def main(argv: list[str]) -> int:
         if len(workdirs) > 1:
             print(f"== {workdir}")
         _report(run_probes(workdir, steps, tasks=args.get("tasks"), log=log))
+    return 0
+
+
+def _export(args: dict[str, Any]) -> int:
+    from llmjax.eval.lm_eval_task import export_task
+
+    if "," in args["workdir"] or not args.get("tasks"):
+        raise UserError("--export_lm_eval: give one --workdir and --tasks=a,b")
+    out = args["export_lm_eval"]
+    names = []
+    for probe in args["tasks"]:
+        written = export_task(args["workdir"], probe, out)
+        names.append(written["task"])
+        print(f"{written['task']}: {written['n']} items -> {written['yaml']}")
+    print(f"lm_eval --model local-completions --include_path {out} --tasks {','.join(names)} "
+          f"--model_args base_url=http://127.0.0.1:8000/v1/completions,model=NAME")
     return 0
 
 

@@ -20,8 +20,8 @@ Conventions (lm-eval's, adapted to models trained on `[BOS] + document + [EOS]` 
   scored exactly once, the first with only BOS as context, later windows with the `context_len`
   - 1 ... max_len tokens before them (`context_len=1`, lm-eval's default: consecutive windows).
 - generate_until: greedy decoding, cut at the first occurrence of any stop string (the stop string
-  itself is dropped) or at EOS; contexts are left-truncated to `max_len - max_tokens`. Each step
-  recomputes the whole prefix (no KV cache yet), with the batch padded to a fixed shape.
+  itself is dropped) or at EOS; contexts are left-truncated to `max_len - max_tokens`. Decoded
+  by llmjax.generate.decode (a prefill, then a compiled loop over the KV cache).
 
 Shapes are bucketed so XLA compiles a handful of programs, not one per request: sequence length
 to the next power of two (at least `min_len`, at most `max_len`), batch to `batch_size` rows.
@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from llmjax.generate.decode import bucket
 
 
 class TokenizerLike(Protocol):
@@ -79,13 +80,6 @@ class TokenScores:
     @property
     def is_greedy(self) -> bool:
         return bool(np.all(self.greedy))
-
-
-def bucket(n: int, lo: int, hi: int) -> int:
-    """Smallest power of two >= max(n, lo), capped at hi (n must be <= hi)."""
-    if n > hi:
-        raise ValueError(f"length {n} exceeds the cap {hi}")
-    return min(hi, 1 << max(0, math.ceil(math.log2(max(n, lo, 1)))))
 
 
 def rolling_windows(tokens: Sequence[int], prefix_token: int, max_len: int,
@@ -144,15 +138,6 @@ def _score(apply: Callable[[Any, jax.Array], jax.Array], params: Any, tokens: ja
     return lp, jnp.argmax(logits, axis=-1) == targets
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _next_token(apply: Callable[[Any, jax.Array], jax.Array], params: Any, tokens: jax.Array,
-                lengths: jax.Array) -> jax.Array:
-    """Greedy next token int32 [batch] after the first lengths[b] tokens of each row."""
-    logits = apply(params, tokens)
-    last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
-    return jnp.argmax(last, axis=-1).astype(jnp.int32)
-
-
 class LM:
     """A language model behind lm-eval's request types (see the module doc for conventions).
 
@@ -182,9 +167,6 @@ class LM:
     def _score(self, params: Any, tokens: np.ndarray, targets: np.ndarray
                ) -> tuple[jax.Array, jax.Array]:
         return _score(self._apply, params, tokens, targets)
-
-    def _next_token(self, params: Any, tokens: np.ndarray, lengths: np.ndarray) -> jax.Array:
-        return _next_token(self._apply, params, tokens, lengths)
 
     @classmethod
     def from_model(cls, graphdef: Any, params: Any, tokenizer: TokenizerLike, max_len: int,
@@ -303,59 +285,28 @@ class LM:
 
     def generate_until(self, requests: Sequence[tuple[str, Sequence[str], int]]) -> list[str]:
         """Greedy continuation of each context, cut at the first stop string / EOS, at most
-        max_tokens tokens (contexts left-truncated to max_len - max_tokens tokens)."""
-        out = [""] * len(requests)
-        prompts = []
+        max_tokens tokens (contexts left-truncated to max_len - max_tokens tokens), decoded by
+        llmjax.generate.decode: through the KV cache for an nnx model (`from_model`), by
+        recomputing the prefix for a params-free `logits_fn`."""
+        from llmjax.generate.decode import Request
+
+        reqs = []
         for context, stops, max_tokens in requests:
             if not 1 <= max_tokens < self.max_len:
                 raise ValueError(f"max_tokens must be in [1, {self.max_len - 1}], got "
                                  f"{max_tokens}")
             ids = self.encode_context(context)[-(self.max_len - max_tokens):]
-            prompts.append((ids, tuple(stops), int(max_tokens)))
-        order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i][0]) + prompts[i][2]))
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            for r, text in zip(rows, self._generate_batch([prompts[i] for i in rows]),
-                               strict=True):
-                out[r] = text
-        return out
+            reqs.append(Request(ids, int(max_tokens), stop=tuple(stops)))
+        return [c.text for c in self.generator.generate(reqs)]
 
-    def _generate_batch(self, prompts: list[tuple[list[int], tuple[str, ...], int]]
-                        ) -> list[str]:
-        width = bucket(max(len(ids) + n for ids, _, n in prompts), self.min_len, self.max_len)
-        tokens = np.full((self.batch_size, width), self._pad, np.int32)
-        lengths = np.ones(self.batch_size, np.int32)  # padding rows: any valid length
-        for r, (ids, _, _) in enumerate(prompts):
-            tokens[r, :len(ids)] = ids
-            lengths[r] = len(ids)
-        generated: list[list[int]] = [[] for _ in prompts]
-        texts = [""] * len(prompts)
-        active = list(range(len(prompts)))
-        eos = self.tokenizer.eos_id
-        for _ in range(max(n for _, _, n in prompts)):
-            nxt = np.asarray(jax.device_get(self._next_token(self.params, tokens, lengths)))
-            still = []
-            for r in active:
-                ids, stops, max_tokens = prompts[r]
-                tok = int(nxt[r])
-                if tok == eos:
-                    continue
-                generated[r].append(tok)
-                tokens[r, lengths[r]] = tok
-                lengths[r] += 1
-                texts[r] = self.tokenizer.decode(generated[r])
-                if any(s in texts[r] for s in stops if s) or len(generated[r]) >= max_tokens:
-                    continue
-                still.append(r)
-            active = still
-            if not active:
-                break
-        return [cut_at_stop(t, p[1]) for t, p in zip(texts, prompts, strict=True)]
+    @functools.cached_property
+    def generator(self) -> Any:
+        """The llmjax.generate.decode.Generator behind generate_until."""
+        from llmjax.generate.decode import CachedDecoder, FullRecompute, Generator
 
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> str:
-    """lm-eval's post-processing: text up to the earliest occurrence of any (non-empty) stop."""
-    for s in stops:
-        if s:
-            text = text.split(s)[0]
-    return text
+        if isinstance(self._apply, _ModelApply):
+            decoder, params = CachedDecoder.build(self._apply.graphdef, self.params)
+        else:
+            decoder, params = FullRecompute(self._apply), self.params
+        return Generator(decoder, params, self.tokenizer, self.max_len,
+                         max_batch=self.batch_size, min_len=self.min_len)

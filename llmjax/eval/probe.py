@@ -59,6 +59,7 @@ from llmjax.eval import harness, icl, metrics
 from llmjax.eval.harness import LM
 from llmjax.eval.suite import default_evals, resolve_evals
 from llmjax.eval.tasks import build_task, evaluate
+from llmjax.generate import decode
 from llmjax.model import Transformer, attention_weights
 from llmjax.rundir import RunDir, read_jsonl
 from llmjax.train import checkpoint
@@ -322,7 +323,7 @@ def compiled_programs() -> dict[str, int]:
     """How many programs the probe path has compiled in this process, per jitted function (its
     jit cache size: one entry per distinct model shape x padded batch shape)."""
     return {"score": harness._score._cache_size(),
-            "next_token": harness._next_token._cache_size(),
+            "generate": decode._generate._cache_size(),
             "attention_weights": _attention_weights._cache_size()}
 
 

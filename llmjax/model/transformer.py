@@ -132,35 +132,46 @@ class Norm(nnx.Module):
 
 def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
     """(sin, cos), float32 [seq_len, head_dim // 2]: angle = position * theta^(-2i/head_dim)."""
+    return rope_at(jnp.arange(seq_len), head_dim, theta)
+
+
+def rope_at(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """(sin, cos), float32 [*positions.shape, head_dim // 2] at the given absolute positions."""
     inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
-    angles = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
     return jnp.sin(angles), jnp.cos(angles)
 
 
 def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
-    """Rotate pairs (x[i], x[i + head_dim/2]) by the position angle. x: [batch, seq, heads, dim]."""
+    """Rotate pairs (x[i], x[i + head_dim/2]) by the position angle. x: [batch, seq, heads, dim];
+    sin, cos: [seq, dim/2] (shared by the batch) or [batch, seq, dim/2] (a position per row)."""
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-    sin, cos = sin[:, None, :], cos[:, None, :]  # broadcast over heads
+    sin, cos = sin[..., None, :], cos[..., None, :]  # broadcast over heads
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
 
 
 def reference_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, scale: float
+    q: jax.Array, k: jax.Array, v: jax.Array, scale: float, mask: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:
-    """Causal softmax(Q Kᵀ · scale) V, written out.
+    """softmax(Q Kᵀ · scale) V, written out; causal unless `mask` is given.
 
-    q: [batch, seq, heads, head_dim]; k, v: [batch, seq, kv_heads, head_dim] (heads % kv_heads == 0;
+    q: [batch, q, heads, head_dim]; k, v: [batch, k, kv_heads, head_dim] (heads % kv_heads == 0;
     query head h reads kv head h // (heads // kv_heads), as in jax.nn.dot_product_attention).
-    Returns (out [batch, seq, heads, head_dim] in q.dtype, probs float32 [batch, heads, q, k]).
+    mask: bool [batch, q, k], True where query i may read key j (the KV-cache decode passes
+    j <= position of i); None: the causal mask of q == k positions.
+    Returns (out [batch, q, heads, head_dim] in q.dtype, probs float32 [batch, heads, q, k]).
     """
     group = q.shape[2] // k.shape[2]
     k = jnp.repeat(k, group, axis=2)
     v = jnp.repeat(v, group, axis=2)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
-    seq = q.shape[1]
-    causal = jnp.tril(jnp.ones((seq, seq), dtype=bool))
-    logits = jnp.where(causal, logits, jnp.finfo(jnp.float32).min)
+    if mask is None:
+        seq = q.shape[1]
+        mask = jnp.tril(jnp.ones((seq, seq), dtype=bool))
+    else:
+        mask = mask[:, None]  # broadcast over heads
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
     return out, probs
@@ -190,10 +201,9 @@ class Attention(nnx.Module):
         self.scale = attention_scale(cfg)
         self.implementation = cfg.attention
 
-    def __call__(
-        self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None, *, capture: bool = False,
-        training: bool = False,
-    ) -> jax.Array:
+    def _qkv(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None
+             ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """q [batch, seq, heads, head_dim], k and v [batch, seq, kv_heads, head_dim], rotated."""
         dtype = x.dtype
         b, s, d = x.shape
 
@@ -203,6 +213,18 @@ class Attention(nnx.Module):
         q, k, v = project(self.wq[...]), project(self.wk[...]), project(self.wv[...])
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return q, k, v
+
+    def _out(self, out: jax.Array) -> jax.Array:
+        """[batch, seq, heads, head_dim] -> [batch, seq, d_model] through W_o."""
+        wo = self.wo[...].astype(out.dtype)  # [heads, head_dim, d] as one [heads*head_dim, d]
+        return dense(out.reshape(*out.shape[:2], -1), wo.reshape(-1, wo.shape[-1]))
+
+    def __call__(
+        self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None, *, capture: bool = False,
+        training: bool = False,
+    ) -> jax.Array:
+        q, k, v = self._qkv(x, rope)
         q = constrain(q, ("batch", "length", "heads", "head_dim"))
         k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
@@ -215,8 +237,32 @@ class Attention(nnx.Module):
             impl = "cudnn" if self.implementation == "cudnn" else None
             out = jax.nn.dot_product_attention(q, k, v, scale=self.scale, is_causal=True,
                                                implementation=impl)
-        wo = self.wo[...].astype(dtype)  # [heads, head_dim, d] as one [heads*head_dim, d]
-        return dense(out.reshape(b, s, -1), wo.reshape(-1, wo.shape[-1]))
+        return self._out(out)
+
+    def decode(
+        self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None, positions: jax.Array,
+        cache: tuple[jax.Array, jax.Array],
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """Attention of new tokens x [batch, s, d] at `positions` int32 [batch, s] (consecutive
+        per row) through this layer's KV cache (k, v: [batch, cache_len, kv_heads, head_dim]).
+
+        The new keys and values are written at their positions, then query i reads every slot
+        j <= positions[b, i]; slots past a row's position may hold anything (they are masked).
+        Returns (output [batch, s, d], the updated cache).
+        """
+        q, k, v = self._qkv(x, rope)
+        k_cache, v_cache = cache
+
+        def write(row: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
+            return jax.lax.dynamic_update_slice(row, new.astype(row.dtype), (start, 0, 0))
+
+        k_cache = jax.vmap(write)(k_cache, k, positions[:, 0])
+        v_cache = jax.vmap(write)(v_cache, v, positions[:, 0])
+        slots = jnp.arange(k_cache.shape[1])
+        mask = slots[None, None, :] <= positions[:, :, None]  # [batch, s, cache_len]
+        out, _ = reference_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype),
+                                     self.scale, mask)
+        return self._out(out), (k_cache, v_cache)
 
 
 class MLP(nnx.Module):
@@ -270,6 +316,17 @@ class Block(nnx.Module):
             y = self.mlp(self.mlp_norm(x))
             x = x + self.dropout(y, deterministic=deterministic, rngs=keys[1])
         return constrain(x, ("batch", "length", "act_embed"))
+
+    def decode(
+        self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None, positions: jax.Array,
+        cache: tuple[jax.Array, jax.Array],
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """The block on new tokens through a KV cache (Attention.decode); no dropout."""
+        y, cache = self.attn.decode(self.attn_norm(x), rope, positions, cache)
+        x = x + y
+        if self.mlp is not None:
+            x = x + self.mlp(self.mlp_norm(x))
+        return x, cache
 
 
 # ---- the model ---------------------------------------------------------------------------------
@@ -364,16 +421,67 @@ class Transformer(nnx.Module):
         rope = rope_tables(seq, cfg.head_dim, cfg.rope_theta) if cfg.positions == "rope" else None
 
         x = self._run_blocks(x, rope, layer_keys, not use_dropout, capture_attention, training)
+        return self._logits(x)
 
+    def _logits(self, x: jax.Array) -> jax.Array:
+        """Final norm and unembedding: [batch, seq, d_model] -> float32 [batch, seq, vocab]."""
         x = self.final_norm(x)
         w_out = self.embed[...].T if self.unembed is None else self.unembed[...]  # [d_model, vocab]
         logits = jnp.einsum(
-            "bsd,dv->bsv", x, w_out.astype(dtype), preferred_element_type=jnp.float32
+            "bsd,dv->bsv", x, w_out.astype(x.dtype), preferred_element_type=jnp.float32
         )
-        multiplier = logit_multiplier(cfg)
+        multiplier = logit_multiplier(self.cfg)
         if multiplier != 1.0:
             logits = logits * multiplier
         return constrain(logits, ("batch", "length", "vocab"))
+
+    # ---- decoding through a KV cache (llmjax.generate) ---------------------------------------
+
+    def init_cache(self, batch: int, length: int) -> Any:
+        """An empty KV cache for `batch` rows of up to `length` tokens (prompt + continuation),
+        in the compute dtype: one (k, v) pair of [batch, length, kv_heads, head_dim] per layer
+        for the unrolled layout (each updated in place), and (k, v) stacked to [n_layers, ...]
+        for scan_layers (sliced and restacked every step: decode with the unrolled layout,
+        `convert_layout(model, False)`, when speed matters)."""
+        cfg = self.cfg
+        if length > cfg.max_seq_len:
+            raise ValueError(f"cache length {length} exceeds model.max_seq_len={cfg.max_seq_len}")
+        shape = (batch, length, cfg.kv_heads, cfg.head_dim)
+        if cfg.scan_layers:
+            zeros = jnp.zeros((cfg.n_layers, *shape), cfg.compute_jnp_dtype)
+            return zeros, zeros
+        zeros = jnp.zeros(shape, cfg.compute_jnp_dtype)
+        return tuple((zeros, zeros) for _ in range(cfg.n_layers))
+
+    def decode(self, tokens: jax.Array, positions: jax.Array, cache: Any) -> tuple[jax.Array, Any]:
+        """tokens int32 [batch, s] at absolute positions int32 [batch, s] (consecutive in each
+        row) -> (logits float32 [batch, s, vocab], the cache with their keys and values written).
+
+        The same function as `__call__` on the whole prefix (deterministic): a prefill passes
+        the (right-padded) prompts at positions 0..s-1, each decode step one token per row at
+        that row's own position. Token i of a row attends to cache slots 0..positions[b, i].
+        `cache` is `init_cache`'s (or a previous decode's).
+        """
+        cfg = self.cfg
+        dtype = cfg.compute_jnp_dtype
+        x = self.embed[...].astype(dtype)[tokens]
+        if self.pos_embed is not None:
+            x = x + self.pos_embed[...].astype(dtype)[positions]
+        rope = rope_at(positions, cfg.head_dim, cfg.rope_theta) if cfg.positions == "rope" else None
+        if cfg.scan_layers:
+            scan = nnx.scan(
+                lambda x, block, k, v: block.decode(x, rope, positions, (k, v)),
+                in_axes=(nnx.Carry, 0, 0, 0),
+                out_axes=(nnx.Carry, 0),
+            )
+            x, cache = scan(x, self.blocks, *cache)
+        else:
+            layers = []
+            for block, layer_cache in zip(self.blocks, cache, strict=True):
+                x, layer_cache = block.decode(x, rope, positions, layer_cache)
+                layers.append(layer_cache)
+            cache = tuple(layers)
+        return self._logits(x), cache
 
     def _run_blocks(
         self,

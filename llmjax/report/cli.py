@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from llmjax.errors import UserError
+from llmjax.errors import ArgParser, UserError
 from llmjax.report.tables import (  # noqa: F401  (re-exported: the checks of the input tables)
     CURVES_NUMERIC,
     CURVES_REQUIRED,
@@ -201,15 +201,8 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one-line UserErrors (the top-level CLI prints and exits 2)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise UserError(f"{self.prog}: {message}")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="llmjax report", description=__doc__.splitlines()[0])
+    p = ArgParser(prog="llmjax report", description=__doc__.splitlines()[0])
     p.add_argument("--workdir", required=True, help="sweep directory holding results.csv")
     p.add_argument("--n_boot", type=int, default=None, help="bootstrap replicates per fit (200)")
     p.add_argument("--seed", type=int, default=None, help="bootstrap seed (0)")

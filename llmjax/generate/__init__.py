@@ -1,0 +1,1 @@
+"""Text generation: the KV-cache decoder, `llmjax.load` and `pipeline`, and the OpenAI server."""
