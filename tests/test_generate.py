@@ -58,15 +58,18 @@ class _Apply:
 PROMPTS = ("The quick brown fox", "ab", "a much longer prompt of some forty bytes")
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(positions="rope", scan_layers=True),
-    dict(positions="learned", scan_layers=False, n_kv_heads=2),
+@pytest.mark.parametrize("overrides, copies", [
+    (dict(positions="rope", scan_layers=True), 1),  # 4 rows x 4 kv heads: unrolled attention
+    (dict(positions="learned", scan_layers=False, n_kv_heads=2), 1),
+    (dict(positions="rope", scan_layers=True), 3),  # 8 rows x 4 kv heads: the batched einsum
 ])
-def test_cached_decoding_gives_the_tokens_of_full_recomputation(overrides):
+def test_cached_decoding_gives_the_tokens_of_full_recomputation(overrides, copies):
     graphdef, params = _random_model(**overrides)
     cached = Generator(*CachedDecoder.build(graphdef, params), TOK, 64)
     full = Generator(FullRecompute(_Apply(graphdef)), params, TOK, 64)
-    reqs = [Request(cached.encode(p), 20) for p in PROMPTS]  # different lengths, one batch
+    # different lengths in one batch
+    reqs = [Request(cached.encode(p * c), 20) for p in PROMPTS for c in range(1, copies + 1)
+            if len(p * c) < 43]
     a = cached.generate(reqs, logprobs=True)
     b = full.generate(reqs, logprobs=True)
     assert sum(len(x.tokens) for x in a) > 30  # (a row may meet EOS early)

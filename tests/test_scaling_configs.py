@@ -91,7 +91,7 @@ def test_make_demo_sweep_has_one_family_per_study():
     assert len({p.name for p in sweep.points}) == len(sweep.points)
     # One point's full config, as `llmjax train --config=demo.py:point=NAME` gets it.
     one = load_config(MAKE_DEMO + ":point=e_d64_l1")
-    assert (one.model.n_layers, one.model.d_model, one.steps) == (1, 64, 3000)
+    assert (one.model.n_layers, one.model.d_model, one.steps) == (1, 64, 2500)
 
 
 def test_isoflop_points_spend_their_budget(tmp_path):

@@ -19,13 +19,13 @@ experiments/demo_design.md.)
 
 Emergence study (points `e_d<w>_l<L>`, meta.study = "emergence"): multi-query associative recall
 (Zoology's MQAR; the `assoc` episode kind, "ar: a3 f7 q1 | f7 a3 ...", a fresh letter-digit store
-in every document, so every rule a probe meets is new), at one token budget (3000 steps of 16 x 128
-tokens, 6.1M) for every model: widths EMERGENCE_WIDTHS with 2 layers and 4 heads each, and width
+in every document, so every rule a probe meets is new), at one token budget (2500 steps of 16 x 128
+tokens, 5.1M) for every model: widths EMERGENCE_WIDTHS with 2 layers and 4 heads each, and width
 64 with 1 layer as the control that cannot compose the two attention steps a lookup needs.
 Learned positions, constant lr after a short warmup, one lr for every width (3e-3; 1e-2 never
 formed the lookup).
 Checkpoints every 1/8 of training are kept, so `llmjax probe --all_steps` follows the ability
-through training. Its probes: the lookup at k = 0, 1, 4 shots, 352 held-out episodes per cell.
+through training. Its probes: the lookup at k = 0 and 4 shots, 352 held-out episodes per cell.
 
 Induction study (points `i_d64_l<L>`, meta.study = "induction"): experiments/configs/induction.py's
 setting, 2 layers against 1: the 2-layer model forms induction heads (prefix matching, ICL score)
@@ -73,19 +73,20 @@ EMERGENCE_CONTROL = (64, 1)  # (width, layers): one layer cannot compose an indu
 # width. With 4 heads, seed 0: not at 16, 24, 32 (nor 32 with seed 1), at 40, 48, 64 (40 with
 # seed 1: not). experiments/demo_design.md has the runs.
 EMERGENCE_HEADS = 4
-# 3000 steps: at 2000 (4.1M tokens) whether a run had formed the lookup depended on when its
-# phase change fell: widths 48 and 64 had, 40 and 80 had not (experiments/demo_design.md).
-EMERGENCE_STEPS = 3000
+# 2500 steps (5.1M tokens): in the 3000-step demo the lookup's phase changes fell at steps 1510
+# (width 64), 1920 (40) and 2180 (48), and a constant-lr run is the prefix of a longer one. At
+# 2000 steps whether a run had formed it depended on when its phase change fell.
+EMERGENCE_STEPS = 2500
 EMERGENCE_BATCH = 16
 EMERGENCE_LR = 3e-3
 EMERGENCE_CHECKPOINTS = 8
 EMERGENCE_CORPUS = {"prose": 0.0, "facts": 0.0, "episodes": 1.0, "repeats": 0.0}
-# The probe suite of an emergence run: the associative-recall lookup at k = 0, 1, 4 shots with
+# The probe suite of an emergence run: the associative-recall lookup at k = 0 and 4 shots with
 # n = 352 held-out episodes per cell (at k = 4 about 250 of them are in the hard subset, where
 # the standard error is <= 0.032, so a gap of 0.1 is >= 3 SE),
 # induction heads (prefix matching, copying) and the ICL score.
 EMERGENCE_EVALS = {
-    "assoc": {"type": "episode", "kind": "assoc", "ks": [0, 1, 4], "n": 352},
+    "assoc": {"type": "episode", "kind": "assoc", "ks": [0, 4], "n": 352},
     "induction": {"type": "induction", "n_seqs": 16},
     "icl": {"type": "icl", "n": 64},
 }
