@@ -8,7 +8,8 @@
    associative-recall emergence study and an induction study; each point is its own `llmjax
    train` subprocess; finished points are skipped, so a rerun resumes);
 3. probe every kept checkpoint of the emergence and induction runs (`llmjax probe --all_steps`,
-   one process per study), so the report can follow abilities across scale and through training;
+   each study's runs split over --parallel processes), so the report can follow abilities across
+   scale and through training;
 4. gather the runs into results.csv / curves.csv / probes.csv (`llmjax results`);
 5. fit the scaling laws, test the probes for emergence and write the report (`llmjax report`),
    then print where it is and its headline: the law, its error on the held-out model, E against
@@ -47,6 +48,32 @@ def _step(title: str, argv: list[str], env: dict[str, str]) -> float:
               "resume — finished runs are kept", file=sys.stderr)
         sys.exit(proc.returncode)
     return time.time() - start
+
+
+def _parallel_steps(title: str, jobs: list[tuple[str, list[str]]], env: dict[str, str],
+                    parallel: int) -> None:
+    """Runs the `llmjax <argv>` jobs `parallel` at a time, printing each one's output when it
+    ends (so two never interleave); exits on the first failure."""
+    import concurrent.futures
+
+    def run(job: tuple[str, list[str]]) -> tuple[str, list[str], subprocess.CompletedProcess]:
+        name, argv = job
+        proc = subprocess.run([sys.executable, "-m", "llmjax", *argv], env=env,
+                              capture_output=True, text=True)
+        return name, argv, proc
+
+    if parallel > 1:  # as the sweep runner does: one XLA CPU thread per process
+        from llmjax.sweep.runner import CPU_SINGLE_THREAD_FLAG
+
+        env = {**env, "XLA_FLAGS": f"{env.get('XLA_FLAGS', '')} {CPU_SINGLE_THREAD_FLAG}".strip()}
+    with concurrent.futures.ThreadPoolExecutor(max(1, parallel)) as pool:
+        for name, argv, proc in pool.map(run, jobs):
+            print(f"\n=== {title} ({name}): llmjax {' '.join(argv)}", flush=True)
+            print(proc.stdout + proc.stderr, end="", flush=True)
+            if proc.returncode != 0:
+                print(f"demo: step '{title}' failed (exit {proc.returncode}); rerun `make demo` "
+                      "to resume — finished runs are kept", file=sys.stderr)
+                sys.exit(proc.returncode)
 
 
 def _finished_runs(workdir: str) -> dict[str, list[str]]:
@@ -95,14 +122,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.skip_probes:
         start_probes = time.time()
+        jobs = []
         for study, runs in _finished_runs(workdir).items():
             if study not in PROBES_BY_STUDY:
                 continue
             tasks = PROBES_BY_STUDY[study]
-            # One process per study: imports, probe data and programs are shared by its runs.
-            _step(f"3/5 probes ({len(runs)} {study or 'unlabelled'} runs)",
-                  ["probe", f"--workdir={','.join(runs)}", "--all_steps", "--quiet",
-                   *([f"--tasks={','.join(tasks)}"] if tasks else [])], env)
+            # A study's runs in --parallel processes (each shares imports, probe data and
+            # compiled programs among its runs), every other run to each.
+            for chunk in (runs[i::args.parallel] for i in range(args.parallel)):
+                if chunk:
+                    jobs.append((f"{len(chunk)} {study or 'unlabelled'} runs",
+                                 ["probe", f"--workdir={','.join(chunk)}", "--all_steps",
+                                  "--quiet", *([f"--tasks={','.join(tasks)}"] if tasks else [])]))
+        _parallel_steps("3/5 probes", jobs, env, args.parallel)
         timings["probes"] = time.time() - start_probes
     timings["results"] = _step("4/5 results", ["results", f"--workdir={workdir}"], env)
     timings["report"] = _step("5/5 report", ["report", f"--workdir={workdir}"], env)

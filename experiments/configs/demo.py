@@ -24,7 +24,7 @@ tokens, 5.1M) for every model: widths EMERGENCE_WIDTHS with 2 layers and 4 heads
 64 with 1 layer as the control that cannot compose the two attention steps a lookup needs.
 Learned positions, constant lr after a short warmup, one lr for every width (3e-3; 1e-2 never
 formed the lookup).
-Checkpoints every 1/8 of training are kept, so `llmjax probe --all_steps` follows the ability
+Checkpoints every 1/6 of training are kept, so `llmjax probe --all_steps` follows the ability
 through training. Its probes: the lookup at k = 0 and 4 shots, 352 held-out episodes per cell.
 
 Induction study (points `i_d64_l<L>`, meta.study = "induction"): experiments/configs/induction.py's
@@ -79,7 +79,7 @@ EMERGENCE_HEADS = 4
 EMERGENCE_STEPS = 2500
 EMERGENCE_BATCH = 16
 EMERGENCE_LR = 3e-3
-EMERGENCE_CHECKPOINTS = 8
+EMERGENCE_CHECKPOINTS = 6  # kept every 416 steps, + the last: 7 probed checkpoints
 EMERGENCE_CORPUS = {"prose": 0.0, "facts": 0.0, "episodes": 1.0, "repeats": 0.0}
 # The probe suite of an emergence run: the associative-recall lookup at k = 0 and 4 shots with
 # n = 352 held-out episodes per cell (at k = 4 about 250 of them are in the hard subset, where
