@@ -33,5 +33,5 @@ def train_tiny(base, steps: int = 100, **overrides) -> str:
 
 @pytest.fixture(scope="module")
 def trained_tiny_run(tmp_path_factory):
-    """A tiny run trained for 100 steps, one per test module that asks for it."""
-    return train_tiny(tmp_path_factory.mktemp("tiny100"), steps=100)
+    """A tiny run trained for 50 steps, one per test module that asks for it."""
+    return train_tiny(tmp_path_factory.mktemp("tiny50"), steps=50)

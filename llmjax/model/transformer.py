@@ -181,8 +181,8 @@ def reference_attention(
 # on static slices of the cache. XLA CPU copies a while-loop-carried buffer that a batched dot
 # reads (twice per cache per step), not one a 2-D dot reads: at the 12M shape, batch 1, 256
 # slots, 61 -> 11-21 us per attention dot, 3.8 -> 2.5 ms per token. Larger batches keep the
-# batched einsum (the unrolled dots would multiply the program's size).
-UNROLLED_DECODE_ATTENTION = 16
+# batched einsum (the unrolled dots multiply the program's size and its compile time).
+UNROLLED_DECODE_ATTENTION = 8
 
 
 def _small_decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
