@@ -317,13 +317,17 @@ def complete(engine: Engine, p: Parsed) -> tuple[list[Request], Any]:
 
     def choices(out: list[Completion]) -> tuple[list[dict], dict]:
         ch = [_choice(engine, j, p.prompts[j // p.n], c, p) for j, c in enumerate(out)]
-        prompt_tokens = sum(len(x) for x in p.prompts)
-        completion_tokens = sum(len(c.tokens) for c in out)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": prompt_tokens + completion_tokens}
-        return ch, usage
+        return ch, usage(p, out)
 
     return requests, choices
+
+
+def usage(p: Parsed, out: list[Completion]) -> dict[str, int]:
+    """OpenAI's usage block: prompt tokens (BOS not counted) and generated tokens."""
+    prompt_tokens = sum(len(x) for x in p.prompts)
+    completion_tokens = sum(len(c.tokens) for c in out)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
 
 
 # ----------------------------------------------------------------------------- the app
@@ -370,10 +374,10 @@ def create_app(engine: Engine) -> FastAPI:
     async def completions(request: HTTPRequest) -> dict:
         p = parse_completion(engine, await body_of(request))
         reqs, choices = complete(engine, p)
-        ch, usage = choices(await run(reqs, p.logprobs is not None))
+        ch, counts = choices(await run(reqs, p.logprobs is not None))
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
                 "created": int(time.time()), "model": engine.name, "choices": ch,
-                "usage": usage}
+                "usage": counts}
 
     @app.post("/v1/chat/completions")
     async def chat(request: HTTPRequest) -> dict:
@@ -398,10 +402,7 @@ def create_app(engine: Engine) -> FastAPI:
                 "choices": [{"index": j, "finish_reason": c.finish_reason,
                              "message": {"role": "assistant", "content": c.text}}
                             for j, c in enumerate(out)],
-                "usage": {"prompt_tokens": sum(map(len, p.prompts)),
-                          "completion_tokens": sum(len(c.tokens) for c in out),
-                          "total_tokens": sum(map(len, p.prompts))
-                          + sum(len(c.tokens) for c in out)}}
+                "usage": usage(p, out)}
 
     @app.get("/tokenizer_info")
     async def tokenizer_info() -> dict:

@@ -152,26 +152,21 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
 
 
 def reference_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, scale: float, mask: jax.Array | None = None
+    q: jax.Array, k: jax.Array, v: jax.Array, scale: float
 ) -> tuple[jax.Array, jax.Array]:
-    """softmax(Q Kᵀ · scale) V, written out; causal unless `mask` is given.
+    """Causal softmax(Q Kᵀ · scale) V, written out.
 
-    q: [batch, q, heads, head_dim]; k, v: [batch, k, kv_heads, head_dim] (heads % kv_heads == 0;
+    q: [batch, seq, heads, head_dim]; k, v: [batch, seq, kv_heads, head_dim] (heads % kv_heads == 0;
     query head h reads kv head h // (heads // kv_heads), as in jax.nn.dot_product_attention).
-    mask: bool [batch, q, k], True where query i may read key j (the KV-cache decode passes
-    j <= position of i); None: the causal mask of q == k positions.
-    Returns (out [batch, q, heads, head_dim] in q.dtype, probs float32 [batch, heads, q, k]).
+    Returns (out [batch, seq, heads, head_dim] in q.dtype, probs float32 [batch, heads, q, k]).
     """
     group = q.shape[2] // k.shape[2]
     k = jnp.repeat(k, group, axis=2)
     v = jnp.repeat(v, group, axis=2)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
-    if mask is None:
-        seq = q.shape[1]
-        mask = jnp.tril(jnp.ones((seq, seq), dtype=bool))
-    else:
-        mask = mask[:, None]  # broadcast over heads
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    seq = q.shape[1]
+    causal = jnp.tril(jnp.ones((seq, seq), dtype=bool))
+    logits = jnp.where(causal, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
     return out, probs
