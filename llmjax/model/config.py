@@ -49,6 +49,9 @@ class ModelConfig:
     (and scales n_heads); = mup_base_d_model / n_heads when it keeps n_heads fixed.
     mup_zero_init zero-initialises the query projection and the untied readout (TP5's advice;
     off keeps muP identical to 'sp' at the base width).
+
+    use_bias adds bias vectors (zero-initialised) to the attention projections (q, k, v, out) and
+    the MLP's (up, gate, down), as GPT-2 has; LayerNorm's bias exists either way.
     """
 
     vocab_size: int = 256
@@ -75,6 +78,7 @@ class ModelConfig:
     mup_base_d_head: int | None = None
     mup_zero_init: bool = False
     rope_theta: float = 10000.0
+    use_bias: bool = False
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -164,7 +168,7 @@ def _validate(c: ModelConfig) -> None:
         value = getattr(c, name)
         if value not in allowed:
             raise UserError(f"model.{name}: {value!r} is not one of {', '.join(allowed)}")
-    for name in ("tie_embeddings", "scan_layers", "mup_zero_init"):
+    for name in ("tie_embeddings", "scan_layers", "mup_zero_init", "use_bias"):
         if not isinstance(getattr(c, name), bool):
             raise UserError(f"model.{name}: expected true/false, got {getattr(c, name)!r}")
     if c.d_model % c.n_heads:
@@ -215,7 +219,10 @@ def _validate(c: ModelConfig) -> None:
 # mup_zero_init off) 'mup' is exactly 'sp'. Not scaled: Adam's eps (fine while gradients stay far
 # above it) and depth (muP transfers across width at fixed n_layers).
 
-PARAM_ROLES = ("embed", "pos_embed", "query", "in", "out", "unembed", "norm")
+PARAM_ROLES = ("embed", "pos_embed", "query", "in", "out", "unembed", "norm", "bias")
+
+# The bias vectors of use_bias (zeros at init, Adam lr eta, no weight decay: vector-like).
+BIAS_NAMES = ("bq", "bk", "bv", "bo", "b_up", "b_gate", "b_down")
 
 # Parameter name (last path component in transformer.py) -> role.
 PARAM_ROLE_BY_NAME = {
@@ -231,6 +238,7 @@ PARAM_ROLE_BY_NAME = {
     "w_down": "out",
     "scale": "norm",
     "bias": "norm",
+    **{name: "bias" for name in BIAS_NAMES},
 }
 
 
@@ -257,7 +265,7 @@ def init_std(cfg: ModelConfig, role: str) -> float:
     Roles: 'embed' token embedding [vocab, d_model]; 'pos_embed' learned positions;
     'query' the query projection; 'in' other matrices reading the residual stream (k, v, MLP
     up/gate); 'out' matrices writing to it (attention output, MLP down); 'unembed' untied output
-    matrix [d_model, vocab]. 'norm' is not random (scales are ones, biases zeros).
+    matrix [d_model, vocab]. 'norm' and 'bias' are not random (scales are ones, biases zeros).
     'sp' (GPT-2): everything N(0, init_std); 'out' shrunk by 1/sqrt(number of residual branches)
     = 1/sqrt(2*n_layers) (1/sqrt(n_layers) when mlp='none'), so the residual stream's variance
     at init does not grow with depth.

@@ -33,7 +33,7 @@ import math
 
 from flax import nnx
 
-from llmjax.model.config import ModelConfig
+from llmjax.model.config import BIAS_NAMES, ModelConfig
 from llmjax.model.transformer import Transformer
 
 
@@ -95,6 +95,7 @@ def matmul_params(cfg: ModelConfig) -> int:
         n
         for path, n in sizes.items()
         if path[0] == "blocks" and not any("norm" in str(p) for p in path)
+        and str(path[-1]) not in BIAS_NAMES
     )
     return blocks + cfg.d_model * cfg.vocab_size
 

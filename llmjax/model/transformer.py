@@ -15,10 +15,10 @@ written out, used for tests, on the CPU backend and whenever attention weights a
 dtype policy: parameters are stored in cfg.param_dtype, cast to cfg.compute_dtype where used;
 norms, softmax and logits are computed in float32.
 
-Parameters are plain nnx.Param arrays (no bias vectors except LayerNorm's) whose `out_sharding`
-metadata holds logical axis names; llmjax.sharding maps them to the mesh. With scan_layers the
-blocks are created once under nnx.vmap (every parameter gets a leading 'layers' axis) and run
-with nnx.scan, so compile time does not grow with depth.
+Parameters are plain nnx.Param arrays (bias vectors only with cfg.use_bias, and LayerNorm's)
+whose `out_sharding` metadata holds logical axis names; llmjax.sharding maps them to the mesh.
+With scan_layers the blocks are created once under nnx.vmap (every parameter gets a leading
+'layers' axis) and run with nnx.scan, so compile time does not grow with depth.
 
 CPU fast paths (same math, same parameters; measured with experiments/bench/compare_torch.py on a
 2-core Xeon, A/B in one process): every weight matmul goes through `dense`, whose hand-written
@@ -56,6 +56,18 @@ def _param(
     value = std * jax.random.normal(key, tuple(shape), dtype=jnp.float32)
     # eager_sharding=False: the model builds without a mesh; llmjax.sharding places it later.
     return nnx.Param(value.astype(dtype), out_sharding=axes, eager_sharding=False)
+
+
+def _bias(cfg: ModelConfig, shape: Sequence[int], axes: tuple[str | None, ...]) -> nnx.Param | None:
+    """A zero bias vector when cfg.use_bias, else None (GPT-2's projections have them)."""
+    if not cfg.use_bias:
+        return None
+    return nnx.Param(jnp.zeros(tuple(shape), cfg.param_jnp_dtype), out_sharding=axes,
+                     eager_sharding=False)
+
+
+def _add(y: jax.Array, bias: nnx.Param | None) -> jax.Array:
+    return y if bias is None else y + bias[...].astype(y.dtype)
 
 
 @jax.custom_vjp
@@ -235,6 +247,10 @@ class Attention(nnx.Module):
             rngs.params(), (d, kv, dh), std_in, ("embed", "kv_heads", "head_dim"), dtype
         )
         self.wo = _param(rngs.params(), (h, dh, d), std_out, ("heads", "head_dim", "embed"), dtype)
+        self.bq = _bias(cfg, (h, dh), ("heads", "head_dim"))
+        self.bk = _bias(cfg, (kv, dh), ("kv_heads", "head_dim"))
+        self.bv = _bias(cfg, (kv, dh), ("kv_heads", "head_dim"))
+        self.bo = _bias(cfg, (d,), ("embed",))
         self.scale = attention_scale(cfg)
         self.implementation = cfg.attention
 
@@ -244,10 +260,12 @@ class Attention(nnx.Module):
         dtype = x.dtype
         b, s, d = x.shape
 
-        def project(w: jax.Array) -> jax.Array:  # [d, heads, head_dim] as one [d, heads*head_dim]
-            return dense(x, w.astype(dtype).reshape(d, -1)).reshape(b, s, *w.shape[1:])
+        def project(w: jax.Array, bias: nnx.Param | None) -> jax.Array:
+            # [d, heads, head_dim] as one [d, heads*head_dim]
+            return _add(dense(x, w.astype(dtype).reshape(d, -1)).reshape(b, s, *w.shape[1:]), bias)
 
-        q, k, v = project(self.wq[...]), project(self.wk[...]), project(self.wv[...])
+        q = project(self.wq[...], self.bq)
+        k, v = project(self.wk[...], self.bk), project(self.wv[...], self.bv)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return q, k, v
@@ -255,7 +273,7 @@ class Attention(nnx.Module):
     def _out(self, out: jax.Array) -> jax.Array:
         """[batch, seq, heads, head_dim] -> [batch, seq, d_model] through W_o."""
         wo = self.wo[...].astype(out.dtype)  # [heads, head_dim, d] as one [heads*head_dim, d]
-        return dense(out.reshape(*out.shape[:2], -1), wo.reshape(-1, wo.shape[-1]))
+        return _add(dense(out.reshape(*out.shape[:2], -1), wo.reshape(-1, wo.shape[-1])), self.bo)
 
     def __call__(
         self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None, *, capture: bool = False,
@@ -321,17 +339,21 @@ class MLP(nnx.Module):
             self.w_gate = _param(rngs.params(), (d, f), std_in, ("embed", "mlp"), dtype)
         self.w_up = _param(rngs.params(), (d, f), std_in, ("embed", "mlp"), dtype)
         self.w_down = _param(rngs.params(), (f, d), std_out, ("mlp", "embed"), dtype)
+        if cfg.mlp == "swiglu":
+            self.b_gate = _bias(cfg, (f,), ("mlp",))
+        self.b_up = _bias(cfg, (f,), ("mlp",))
+        self.b_down = _bias(cfg, (d,), ("embed",))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = x.dtype
-        up = dense(x, self.w_up[...].astype(dtype))
+        up = _add(dense(x, self.w_up[...].astype(dtype)), self.b_up)
         if self.kind == "swiglu":
-            gate = dense(x, self.w_gate[...].astype(dtype))
+            gate = _add(dense(x, self.w_gate[...].astype(dtype)), self.b_gate)
             hidden = jax.nn.silu(gate) * up
         else:
             hidden = jax.nn.gelu(up, approximate=True)  # GPT-2's tanh approximation
         hidden = constrain(hidden, ("batch", "length", "mlp"))
-        return dense(hidden, self.w_down[...].astype(dtype))
+        return _add(dense(hidden, self.w_down[...].astype(dtype)), self.b_down)
 
 
 class Block(nnx.Module):
@@ -440,6 +462,22 @@ class Transformer(nnx.Module):
         [batch, heads, q, k] per layer as nnx.Intermediate 'attention_weights' (see
         `attention_weights()` for the functional way to read them).
         """
+        return self._unembed(self.features(
+            tokens, deterministic=deterministic, rngs=rngs, capture_attention=capture_attention,
+            training=training))
+
+    def features(
+        self,
+        tokens: jax.Array,
+        *,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | jax.Array | None = None,
+        capture_attention: bool = False,
+        training: bool = False,
+    ) -> jax.Array:
+        """The final-normed hidden states [batch, seq, d_model] (compute dtype) that the
+        unembedding reads: what a classification head (llmjax.finetune) reads instead.
+        Arguments as `__call__`."""
         cfg = self.cfg
         dtype = cfg.compute_jnp_dtype
         seq = tokens.shape[1]
@@ -466,11 +504,14 @@ class Transformer(nnx.Module):
         rope = rope_tables(seq, cfg.head_dim, cfg.rope_theta) if cfg.positions == "rope" else None
 
         x = self._run_blocks(x, rope, layer_keys, not use_dropout, capture_attention, training)
-        return self._logits(x)
+        return self.final_norm(x)
 
     def _logits(self, x: jax.Array) -> jax.Array:
         """Final norm and unembedding: [batch, seq, d_model] -> float32 [batch, seq, vocab]."""
-        x = self.final_norm(x)
+        return self._unembed(self.final_norm(x))
+
+    def _unembed(self, x: jax.Array) -> jax.Array:
+        """Final-normed [batch, seq, d_model] -> float32 logits [batch, seq, vocab]."""
         w_out = self.embed[...].T if self.unembed is None else self.unembed[...]  # [d_model, vocab]
         logits = jnp.einsum(
             "bsd,dv->bsv", x, w_out.astype(x.dtype), preferred_element_type=jnp.float32

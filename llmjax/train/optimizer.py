@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from llmjax.model.config import ModelConfig, lr_multiplier, param_role
+from llmjax.model.config import BIAS_NAMES, ModelConfig, lr_multiplier, param_role
 from llmjax.sharding import variable_logical_axes
 
 # Path components that mark an embedding table (token / position embeddings, untied unembedding).
@@ -77,6 +77,8 @@ def weight_decay_mask(params: Any, decay_embeddings: bool = False) -> Any:
     """
 
     def decide(path: tuple, leaf: Any) -> bool:
+        if _path_names(path)[-1] in BIAS_NAMES:
+            return False
         axes = _logical_axes(leaf)
         if axes is not None:
             if "norm" in axes or len([a for a in axes if a != "layers"]) < 2:
