@@ -32,6 +32,20 @@ identically) plus a ``tokenizer_config.json`` naming the special tokens for ``fr
 ``load_tokenizer_file(path)`` recognises the byte layout (a merge-free BPE whose id is the byte
 value) and returns the fast byte tokenizer for it.
 
+Imported tokenizers (``hf:<V>``): ``ImportedTokenizer`` wraps any Hugging Face
+``tokenizer.json`` as it is (GPT-2's byte-level BPE, a Llama sentencepiece-style or byte-level
+one), for runs made by ``llmjax convert --from_hf``. Its special ids come from the source's
+tokenizer_config.json / config.json (bos = eos when there is no BOS, pad = eos when there is no
+PAD; GPT-2's ``<|endoftext|>`` is all three). ``save`` writes the original tokenizer.json byte
+for byte and a tokenizer_config.json marked ``"llmjax_spec": "hf:<V>"`` with
+``llmjax_special_ids``, which is how ``load_tokenizer_file`` knows to load it back as an
+ImportedTokenizer. Its policies follow the ones above where the wrapped tokenizer allows: encode
+adds no special tokens (not even a post-processor's BOS) and encodes special-token text as text;
+decode concatenates each id's bytes (byte-level chars, ``<0xNN>`` byte-fallback tokens, ``▁`` as
+a space), so a sentencepiece-style tokenizer's added prefix space is kept in the text. An
+``hf:<V>`` spec cannot be built from a config (``get_tokenizer`` says so): it is read from a
+run's tokenizer/ directory.
+
 BPE cache: ``get_tokenizer('bpe:V', dataset, data_dir)`` trains once per
 (dataset, dataset version, V, training sample) and stores the result at
 ``<data_dir>/llmjax_tokenizers/<dataset>-<version>-bpe<V>-<sample_hash>/tokenizer.json``,
@@ -100,9 +114,12 @@ def _spec_error(spec: object) -> UserError:
 
 
 def parse_tokenizer_spec(spec: str) -> tuple[str, int]:
-    """'byte' -> ('byte', 259); 'bpe:<V>' -> ('bpe', V). Raises UserError on anything else."""
+    """'byte' -> ('byte', 259); 'bpe:<V>' -> ('bpe', V); 'hf:<V>' -> ('hf', V) (an imported
+    tokenizer, see ImportedTokenizer). Raises UserError on anything else."""
     if spec == "byte":
         return "byte", BYTE_VOCAB_SIZE
+    if isinstance(spec, str) and re.fullmatch(r"hf:[1-9][0-9]*", spec):
+        return "hf", int(spec.split(":", 1)[1])
     if not isinstance(spec, str) or not re.fullmatch(r"bpe:[0-9]+", spec):
         raise _spec_error(spec)
     vocab_size = int(spec.split(":", 1)[1])
@@ -252,21 +269,179 @@ class BPETokenizer(Tokenizer):
         self.pad_id, self.bos_id, self.eos_id = (hf.token_to_id(s) for s in SPECIAL_TOKENS)
 
     def encode(self, text: str | bytes) -> np.ndarray:
-        text = _as_str(text)
-        try:
-            ids = self._hf.encode(text, add_special_tokens=False).ids
-        except TypeError:  # lone surrogates cannot cross into Rust
-            ids = self._hf.encode(_sanitize(text), add_special_tokens=False).ids
-        return np.asarray(ids, dtype=np.int32)
+        return _hf_encode(self._hf, text)
 
     def encode_batch(self, texts: Sequence[str | bytes]) -> list[np.ndarray]:
-        strs = [_as_str(t) for t in texts]
+        return _hf_encode_batch(self._hf, texts)
+
+    def _hf_tokenizer(self) -> HFTokenizer:
+        return self._hf
+
+
+def _hf_encode(hf: HFTokenizer, text: str | bytes) -> np.ndarray:
+    text = _as_str(text)
+    try:
+        ids = hf.encode(text, add_special_tokens=False).ids
+    except TypeError:  # lone surrogates cannot cross into Rust
+        ids = hf.encode(_sanitize(text), add_special_tokens=False).ids
+    return np.asarray(ids, dtype=np.int32)
+
+
+def _hf_encode_batch(hf: HFTokenizer, texts: Sequence[str | bytes]) -> list[np.ndarray]:
+    strs = [_as_str(t) for t in texts]
+    try:
+        encodings = hf.encode_batch_fast(strs, add_special_tokens=False)
+    except TypeError:  # lone surrogates cannot cross into Rust
+        encodings = hf.encode_batch_fast([_sanitize(s) for s in strs], add_special_tokens=False)
+    return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
+
+
+# Names an imported tokenizer's special tokens commonly have, tried when its files name none.
+_EOS_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<|eos|>", "<eos>")
+_BOS_NAMES = ("<|begin_of_text|>", "<s>", "<|bos|>", "<bos>")
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+HF_SPEC_KEY, HF_SPECIALS_KEY = "llmjax_spec", "llmjax_special_ids"
+
+
+def _token_name(value: Any) -> str | None:
+    """A tokenizer_config.json special-token entry ("<s>" or {"content": "<s>", ...})."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _json_types(node: Any, key: str = "type") -> set[str]:
+    """Every `type` named anywhere in a tokenizer.json component (Sequence members included)."""
+    found = set()
+    if isinstance(node, dict):
+        if isinstance(node.get(key), str):
+            found.add(node[key])
+        for value in node.values():
+            found |= _json_types(value, key)
+    elif isinstance(node, list):
+        for value in node:
+            found |= _json_types(value, key)
+    return found
+
+
+class ImportedTokenizer(Tokenizer):
+    """An arbitrary Hugging Face tokenizer.json (imported by `llmjax convert --from_hf`), with
+    llmjax's interface; `name` is 'hf:<vocab_size>'. See the module docstring."""
+
+    def __init__(self, text: str, special_ids: dict[str, int], config: dict[str, Any] | None = None,
+                 *, origin: str = "tokenizer.json"):
         try:
-            encodings = self._hf.encode_batch_fast(strs, add_special_tokens=False)
-        except TypeError:  # lone surrogates cannot cross into Rust
-            encodings = self._hf.encode_batch_fast([_sanitize(s) for s in strs],
-                                                   add_special_tokens=False)
-        return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
+            hf = HFTokenizer.from_str(text)
+        except Exception as e:  # tokenizers raises a bare Exception on parse errors
+            raise UserError(f"{origin}: cannot read tokenizer file "
+                            f"({str(e).splitlines()[0]})") from e
+        hf.encode_special_tokens = True  # special-token text in a document stays text
+        self._hf, self._text = hf, text
+        self._config = {k: v for k, v in (config or {}).items()
+                        if k not in (HF_SPEC_KEY, HF_SPECIALS_KEY)}
+        spec = json.loads(text)
+        vocab_size = hf.get_vocab_size(with_added_tokens=True)
+        decoded = hf.get_added_tokens_decoder()
+        specials = {i: t.content for i, t in decoded.items() if t.special}
+        byte_level = "ByteLevel" in (_json_types(spec.get("pre_tokenizer"))
+                                     | _json_types(spec.get("decoder")))
+        metaspace = bool({"Metaspace", "Replace"} & _json_types(spec.get("decoder")))
+        byte_fallback = bool((spec.get("model") or {}).get("byte_fallback"))
+        token_bytes = []
+        for i in range(vocab_size):
+            token = hf.id_to_token(i)
+            if i in specials or token is None:
+                token_bytes.append(b"")
+            elif i in decoded:  # a non-special added token: its text
+                token_bytes.append(token.encode())
+            elif byte_level and all(c in CHAR_TO_BYTE for c in token):
+                token_bytes.append(bytes(CHAR_TO_BYTE[c] for c in token))
+            elif byte_fallback and _BYTE_FALLBACK.fullmatch(token):
+                token_bytes.append(bytes([int(token[3:5], 16)]))
+            elif metaspace:
+                token_bytes.append(token.replace("\u2581", " ").encode())
+            else:
+                token_bytes.append(hf.decode([i], skip_special_tokens=False).encode())
+        super().__init__(token_bytes, specials)
+        self.name = f"hf:{vocab_size}"
+        for role in ("pad", "bos", "eos"):
+            value = special_ids.get(role)
+            if not isinstance(value, int) or not 0 <= value < vocab_size:
+                raise UserError(f"{origin}: special token id {role}={value!r} is not an id of "
+                                f"this tokenizer (0..{vocab_size - 1})")
+        self.pad_id, self.bos_id, self.eos_id = (int(special_ids[r]) for r in ("pad", "bos",
+                                                                               "eos"))
+        for i in {self.pad_id, self.bos_id, self.eos_id} - set(specials):
+            self._special_names[i] = hf.id_to_token(i) or ""
+            self._with_specials[i] = self._special_names[i].encode()
+            self._token_bytes[i] = b""  # decodes to "" like llmjax's own specials
+
+    @classmethod
+    def from_hf_dir(cls, directory: str, model_config: dict[str, Any] | None = None
+                    ) -> ImportedTokenizer:
+        """The tokenizer of a Hugging Face model directory (tokenizer.json, and the special
+        tokens that tokenizer_config.json or the model's config.json name); UserError when
+        there is no end-of-text token to be found."""
+        path = os.path.join(directory, "tokenizer.json")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        config = _read_json_object(os.path.join(directory, "tokenizer_config.json")) or {}
+        special_map = _read_json_object(os.path.join(directory, "special_tokens_map.json")) or {}
+        try:
+            hf = HFTokenizer.from_str(text)
+        except Exception as e:  # tokenizers raises a bare Exception on parse errors
+            raise UserError(f"{path}: cannot read tokenizer file "
+                            f"({str(e).splitlines()[0]})") from e
+        vocab_size = hf.get_vocab_size(with_added_tokens=True)
+        model_config = model_config or {}
+
+        def find(role: str, names: Sequence[str]) -> int | None:
+            for source in (config, special_map):
+                name = _token_name(source.get(f"{role}_token"))
+                if name is not None and hf.token_to_id(name) is not None:
+                    return hf.token_to_id(name)
+            value = model_config.get(f"{role}_token_id")
+            if isinstance(value, list) and value:
+                value = value[0]
+            if isinstance(value, int) and 0 <= value < vocab_size:
+                return value
+            for name in names:
+                if hf.token_to_id(name) is not None:
+                    return hf.token_to_id(name)
+            return None
+
+        eos = find("eos", _EOS_NAMES)
+        if eos is None:
+            raise UserError(f"{path}: no end-of-text token (set eos_token in "
+                            "tokenizer_config.json or eos_token_id in config.json)")
+        bos = find("bos", _BOS_NAMES)
+        pad = find("pad", ())
+        special_ids = {"pad": eos if pad is None else pad, "bos": eos if bos is None else bos,
+                       "eos": eos}
+        return cls(text, special_ids, config, origin=path)
+
+    def encode(self, text: str | bytes) -> np.ndarray:
+        return _hf_encode(self._hf, text)
+
+    def encode_batch(self, texts: Sequence[str | bytes]) -> list[np.ndarray]:
+        return _hf_encode_batch(self._hf, texts)
+
+    def save(self, directory: str) -> str:
+        """tokenizer.json as imported (byte for byte) and tokenizer_config.json: the source's,
+        plus the llmjax spec and special ids (how load_tokenizer_file recognises it)."""
+        os.makedirs(directory, exist_ok=True)
+        config = dict(self._config)
+        for role in ("pad", "bos", "eos"):
+            name = self._hf.id_to_token(getattr(self, f"{role}_id"))
+            if _token_name(config.get(f"{role}_token")) is None and name is not None:
+                config[f"{role}_token"] = name
+        config[HF_SPEC_KEY] = self.name
+        config[HF_SPECIALS_KEY] = {"pad": self.pad_id, "bos": self.bos_id, "eos": self.eos_id}
+        atomic_write(os.path.join(directory, "tokenizer_config.json"),
+                     json.dumps(config, indent=1))
+        path = os.path.join(directory, "tokenizer.json")
+        atomic_write(path, self._text)
+        return path
 
     def _hf_tokenizer(self) -> HFTokenizer:
         return self._hf
@@ -308,10 +483,36 @@ def _is_byte_layout(hf: HFTokenizer) -> bool:
     return not spec.get("merges") and spec.get("vocab") == expected
 
 
+def _read_json_object(path: str) -> dict[str, Any] | None:
+    """A JSON object file's contents; None when it does not exist; UserError when damaged."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read it ({e})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def load_tokenizer_file(path: str) -> Tokenizer:
-    """Load a tokenizer.json written by save() (or a directory holding one)."""
+    """Load a tokenizer.json written by save() (or a directory holding one); an imported
+    ImportedTokenizer when the tokenizer_config.json beside it says so."""
     if os.path.isdir(path):
         path = os.path.join(path, "tokenizer.json")
+    config = _read_json_object(os.path.join(os.path.dirname(path), "tokenizer_config.json"))
+    if config and str(config.get(HF_SPEC_KEY, "")).startswith("hf:"):
+        specials = config.get(HF_SPECIALS_KEY)
+        if not isinstance(specials, dict):
+            raise UserError(f"{path}: tokenizer_config.json lacks {HF_SPECIALS_KEY}")
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise UserError(f"{path}: cannot read tokenizer file ({e.strerror})") from None
+        return ImportedTokenizer(text, specials, config, origin=path)
     try:
         hf = HFTokenizer.from_file(path)
     except Exception as e:  # tokenizers raises a bare Exception on parse errors
@@ -454,6 +655,10 @@ def get_tokenizer(spec: str, dataset: str, data_dir: str | None = None, *,
     kind, vocab_size = parse_tokenizer_spec(spec)
     if kind == "byte":
         return ByteTokenizer()
+    if kind == "hf":
+        raise UserError(f"tokenizer {spec!r} is an imported Hugging Face tokenizer (llmjax "
+                        "convert --from_hf): it is read from that run's tokenizer/ directory "
+                        "and cannot be built from a config")
     from llmjax.data import builders  # lazily: the byte tokenizer needs no dataset
 
     data_dir = os.path.expanduser(data_dir or builders.default_data_dir())
