@@ -8,6 +8,7 @@ with four sections plus top-level training keys:
   data       `llmjax.data.pipeline.DataConfig` (`batch_size` is GLOBAL, in sequences)
   optimizer  `OptimizerConfig` (AdamW + schedule)
   mesh       `MeshConfig`: device-mesh axis sizes `data`, `fsdp`, `tensor` (-1 fills)
+  finetune   `FinetuneConfig` (optional: init from a run, classification head, LoRA)
   top level  `TrainConfig` (steps, logging, checkpoints, ...) and `evals` (the probe suite)
 
 `base_config()` holds every key with its default (derived from those dataclasses, so the
@@ -46,6 +47,8 @@ field = fields.field
 
 DISTRIBUTED_VALUES = ("auto", "true", "false", "yes", "no", "1", "0")
 SECTIONS = ("model", "data", "optimizer", "mesh")
+# Sections a config (or an older config.json) may leave out: their defaults apply.
+OPTIONAL_SECTIONS = ("finetune",)
 # Stand-in vocabulary for checking a model whose vocab_size comes from the tokenizer (0).
 _STAND_IN_VOCAB = 256
 
@@ -68,6 +71,53 @@ class OptimizerConfig:
     weight_decay: float = field(0.1, "decoupled weight decay (never on norms/biases)", ge=0)
     decay_embeddings: bool = field(False, "apply weight decay to embedding tables too")
     grad_clip: float = field(1.0, "clip the global gradient norm to this; 0 = off", ge=0)
+
+
+LORA_TARGETS = ("wq", "wk", "wv", "wo", "w_up", "w_gate", "w_down")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """The optional `finetune` section (`llmjax finetune`): start from another run's checkpoint,
+    train a classification head, adapt with LoRA. All defaults = pretraining from scratch."""
+
+    init_from: str = field("", "RUN[:STEP] whose parameters initialise the model ('' = random "
+                           "init); the run's tokenizer and model config come with it")
+    task: Literal["lm", "classification"] = field(
+        "lm", "lm: next-token loss on `data`; classification: a head on `features`")
+    dataset: str = field("sentiment", "classification data: sentiment (embedded), "
+                         "jsonl:TRAIN[,VALIDATION] (fields text, label), tfds:imdb_reviews, "
+                         "tfds:glue/sst2 (the tf extra)")
+    num_labels: int = field(2, "classes of the classification head", ge=2)
+    pooling: Literal["last", "mean"] = field(
+        "last", "the head reads the last non-pad token's features, or their mean")
+    lora_rank: int = field(0, "LoRA rank r (W + alpha/r * A B on `lora_targets`); 0 = full "
+                           "fine-tuning of every parameter", ge=0)
+    lora_alpha: float = field(16.0, "LoRA scale numerator alpha", gt=0)
+    lora_targets: str = field("wq,wv", "comma-separated projections LoRA adapts: "
+                              + " ".join(LORA_TARGETS))
+    train_examples: int = field(4000, "sentiment: generated training examples", ge=1)
+    validation_examples: int = field(1000, "sentiment: generated validation examples", ge=1)
+
+    def check(self) -> None:
+        targets = self.lora_target_names
+        bad = [t for t in targets if t not in LORA_TARGETS]
+        if bad or (self.lora_rank and not targets):
+            raise UserError(f"finetune.lora_targets={self.lora_targets!r}: allowed names are "
+                            f"{', '.join(LORA_TARGETS)} (comma-separated, at least one)")
+        from llmjax.finetune.data import check_dataset_spec
+
+        if self.task == "classification":
+            check_dataset_spec(self.dataset, "finetune.dataset")
+
+    @property
+    def lora_target_names(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
+
+    @property
+    def active(self) -> bool:
+        """Anything but pretraining from scratch."""
+        return self != FinetuneConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +208,7 @@ class Experiment:
     mesh: MeshConfig
     vocab_from_tokenizer: bool
     source: dict[str, Any]  # the config as JSON data: what config.json holds
+    finetune: FinetuneConfig = FinetuneConfig()
 
     @property
     def steps(self) -> int:
@@ -214,7 +265,8 @@ def schema() -> dict[str, dict[str, tuple[Any, Any, str]]]:
     """Section name ('' = top level) -> field -> (type hint, default, meaning)."""
     out = {}
     for section, cls in (("", TrainConfig), ("model", ModelConfig), ("data", DataConfig),
-                         ("optimizer", OptimizerConfig), ("mesh", MeshConfig)):
+                         ("optimizer", OptimizerConfig), ("mesh", MeshConfig),
+                         ("finetune", FinetuneConfig)):
         hints, defaults = fields.hints(cls), fields.defaults(cls)
         out[section] = {f.name: (hints[f.name], defaults[f.name], f.metadata.get("help", ""))
                         for f in dataclasses.fields(cls)}
@@ -412,7 +464,8 @@ def parse_experiment(config: ConfigDict | Mapping[str, Any], num_devices: int | 
         if section not in config:
             raise UserError(f"config section {section!r} is missing; required sections: "
                             f"{', '.join(SECTIONS)}")
-    top = {k: v for k, v in config.items() if k not in SECTIONS}
+    top = {k: v for k, v in config.items() if k not in (*SECTIONS, *OPTIONAL_SECTIONS)}
+    finetune = fields.parse(FinetuneConfig, config.get("finetune") or {}, "finetune")
     train = fields.parse(TrainConfig, top, "")
     optimizer = fields.parse(OptimizerConfig, config["optimizer"], "optimizer")
     mesh = fields.parse(MeshConfig, config["mesh"], "mesh")
@@ -429,9 +482,10 @@ def parse_experiment(config: ConfigDict | Mapping[str, Any], num_devices: int | 
     if data.batch_size % train.microbatches:
         raise UserError(f"microbatches={train.microbatches} does not divide data.batch_size="
                         f"{data.batch_size}; allowed: divisors of {data.batch_size}")
-    source = _source(train, model, data, optimizer, mesh, vocab_from_tokenizer)
+    source = _source(train, model, data, optimizer, mesh, vocab_from_tokenizer, finetune)
     exp = Experiment(model=model, data=data, optimizer=optimizer, train=train, mesh=mesh,
-                     vocab_from_tokenizer=vocab_from_tokenizer, source=source)
+                     vocab_from_tokenizer=vocab_from_tokenizer, source=source,
+                     finetune=finetune)
     if num_devices is not None:
         exp.check_devices(num_devices, process_count)
     # The probe suite: each probe type's own schema; a typo must not surface after training.
@@ -443,8 +497,8 @@ def parse_experiment(config: ConfigDict | Mapping[str, Any], num_devices: int | 
 
 
 def _source(train: TrainConfig, model: ModelConfig, data: DataConfig,
-            optimizer: OptimizerConfig, mesh: MeshConfig, vocab_from_tokenizer: bool
-            ) -> dict[str, Any]:
+            optimizer: OptimizerConfig, mesh: MeshConfig, vocab_from_tokenizer: bool,
+            finetune: FinetuneConfig = FinetuneConfig()) -> dict[str, Any]:
     """The complete canonical config: every field of every section, defaults filled in (so a
     config.json written before a field existed compares equal when it takes its default), the
     synthetic knobs in full, vocab_size 0 kept when it comes from the tokenizer."""
@@ -456,6 +510,8 @@ def _source(train: TrainConfig, model: ModelConfig, data: DataConfig,
     out["data"]["synthetic"] = {**default_knobs(), **dict(data.synthetic)}
     out["optimizer"] = dataclasses.asdict(optimizer)
     out["mesh"] = dataclasses.asdict(mesh)
+    if finetune.active:  # pretraining configs stay exactly what they were before the section
+        out["finetune"] = dataclasses.asdict(finetune)
     return canonical_config(out)
 
 

@@ -70,7 +70,8 @@ class DataConfig:
     """The ``config.data`` section. batch_size is GLOBAL (all processes together), in rows."""
 
     dataset: str = field("synthetic", "synthetic, pystdlib, text_files[:PATH] or tfds:NAME")
-    tokenizer: str = field("byte", "byte or bpe:<vocab_size>")
+    tokenizer: str = field("byte", "byte, bpe:<vocab_size>, or file:DIR (a saved tokenizer.json, "
+                           "e.g. another run's tokenizer/: how fine-tuning keeps its vocabulary)")
     seq_len: int = field(256, "tokens per training row", ge=2)
     batch_size: int = field(32, "rows per optimizer step, over all processes", ge=1)
     seed: int = field(0, "seed of the document order", ge=0)
@@ -141,11 +142,16 @@ class DataConfig:
         self.check_split(process_count, p)
         from llmjax.data.tokenizer import TOKENIZER_SPEC_HELP, parse_tokenizer_spec
 
-        try:
-            parse_tokenizer_spec(self.tokenizer)
-        except UserError:
-            raise UserError(f"{p}tokenizer={self.tokenizer!r}: unknown tokenizer; "
-                            f"{TOKENIZER_SPEC_HELP}") from None
+        path = tokenizer_file(self.tokenizer)
+        if path is not None:
+            if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+                raise UserError(f"{p}tokenizer={self.tokenizer!r}: no tokenizer.json in {path}")
+        else:
+            try:
+                parse_tokenizer_spec(self.tokenizer)
+            except UserError:
+                raise UserError(f"{p}tokenizer={self.tokenizer!r}: unknown tokenizer; "
+                                f"{TOKENIZER_SPEC_HELP} or file:DIR") from None
         builders.resolve_dataset(self.dataset, source=self.source, synthetic=self.synthetic,
                                  prefix=p)
         builders.check_source(self.dataset, source=self.source, prefix=p)
@@ -160,11 +166,23 @@ def prepare_data(data_cfg: DataConfig) -> builders.PrepareResult:
     return result
 
 
-def get_data_tokenizer(data_cfg: DataConfig):
-    """The config's tokenizer (bpe trained on / cached for the config's dataset)."""
-    from llmjax.data.tokenizer import get_tokenizer
+def tokenizer_file(spec: str) -> str | None:
+    """The directory of a 'file:DIR' tokenizer spec (user paths expanded); None for the others."""
+    if isinstance(spec, str) and spec.startswith("file:"):
+        return os.path.abspath(os.path.expanduser(spec[len("file:"):]))
+    return None
 
-    prepare_data(data_cfg)
+
+def get_data_tokenizer(data_cfg: DataConfig, *, prepare: bool = True):
+    """The config's tokenizer (bpe trained on / cached for the config's dataset, or the saved
+    one a file: spec names); prepares the dataset first unless `prepare` is False."""
+    from llmjax.data.tokenizer import get_tokenizer, load_tokenizer_file
+
+    if prepare:
+        prepare_data(data_cfg)
+    path = tokenizer_file(data_cfg.tokenizer)
+    if path is not None:
+        return load_tokenizer_file(path)
     return get_tokenizer(data_cfg.tokenizer, data_cfg.dataset_spec, data_cfg.data_dir)
 
 
@@ -471,7 +489,7 @@ def _stream(data_cfg: DataConfig, tokenizer, split: str, *, shuffle: bool,
     if isinstance(process_index, bool) or not isinstance(process_index, int) or not (
             0 <= process_index < process_count):
         raise UserError(f"process_index must be in [0, {process_count}), got {process_index!r}")
-    if tokenizer.name != data_cfg.tokenizer:
+    if tokenizer.name != data_cfg.tokenizer and tokenizer_file(data_cfg.tokenizer) is None:
         raise UserError(f"tokenizer {tokenizer.name!r} does not match data.tokenizer "
                         f"{data_cfg.tokenizer!r}")
     spec = data_cfg.dataset_spec

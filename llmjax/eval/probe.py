@@ -59,6 +59,7 @@ from llmjax.eval import harness, icl, metrics
 from llmjax.eval.harness import LM
 from llmjax.eval.suite import default_evals, resolve_evals
 from llmjax.eval.tasks import build_task, evaluate
+from llmjax.finetune import params as ft_params
 from llmjax.generate import decode
 from llmjax.model import Transformer, attention_weights
 from llmjax.rundir import RunDir, read_jsonl
@@ -122,7 +123,8 @@ def load_params(workdir: str, step: int | None = None, model_cfg: Any = None
                 ) -> tuple[Any, Any, int]:
     """(graphdef, params as a pure dict on one device, step) from a run's checkpoint (only the
     params subtree is read; see `llmjax.train.checkpoint.restore_params`). step=None: the
-    latest complete checkpoint."""
+    latest complete checkpoint. A fine-tuning run's params come with its LoRA adapters merged
+    and without its classification head: the model's own (`llmjax.finetune.params`)."""
     steps = checkpoint_steps(workdir)
     if not steps:
         raise UserError(f"--workdir={workdir}: no complete checkpoint in {rundir.CHECKPOINTS}/")
@@ -131,10 +133,20 @@ def load_params(workdir: str, step: int | None = None, model_cfg: Any = None
     if step not in steps:
         raise UserError(f"--step={step}: no complete checkpoint at that step; available: "
                         f"{', '.join(map(str, steps))}")
+    run = load_run(workdir)
     if model_cfg is None:
-        model_cfg = load_run(workdir).model_cfg
+        model_cfg = run.model_cfg
     graphdef, abstract = _abstract_params(model_cfg)
-    return graphdef, checkpoint.restore_params(workdir, step, abstract), step
+    ft = run.exp.finetune
+    if not ft_params.wrapped(ft):
+        return graphdef, checkpoint.restore_params(workdir, step, abstract), step
+    extras = jax.eval_shape(lambda: ft_params.init_extras(ft, abstract, model_cfg.d_model,
+                                                          jax.random.PRNGKey(0)))
+    sharding = jax.tree.leaves(abstract)[0].sharding
+    extras = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                          extras)
+    params = checkpoint.restore_params(workdir, step, {"model": abstract, **extras})
+    return graphdef, jax.jit(lambda p: ft_params.model_params(p, ft))(params), step
 
 
 def training_tokens(workdir: str, step: int, exp: Experiment) -> int:

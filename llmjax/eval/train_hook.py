@@ -15,6 +15,7 @@ import numpy as np
 
 from llmjax.distributed import decided_by_process_0
 from llmjax.eval.probe import probe_params, read_probes, resolve_evals
+from llmjax.finetune import params as ft_params
 from llmjax.train.loop import Hook, Loop
 
 
@@ -37,7 +38,7 @@ def missing_probes(loop: Loop, step: int, tasks: list[str] | None) -> list[str]:
 def probe(loop: Loop, tasks: list[str] | None) -> None:
     """The suite (restricted to `tasks`) on loop.state.params at loop.step."""
     t0 = time.perf_counter()
-    params = loop.state.params
+    params = ft_params.model_params(loop.state.params, loop.exp.finetune)
     if loop.process_count > 1:  # a collective: every process takes part, process 0 alone probes
         params = _gather_to_host(params)
     records = []

@@ -52,6 +52,10 @@ from llmjax.data.pipeline import (
     make_train_iterator,
 )
 from llmjax.errors import UserError
+from llmjax.finetune import data as finetune_data
+from llmjax.finetune import init as finetune_init
+from llmjax.finetune import params as ft_params
+from llmjax.finetune import task as ft_task
 from llmjax.model import Transformer
 from llmjax.model.flops import flops_per_token
 from llmjax.rundir import RunDir, Status
@@ -195,6 +199,7 @@ class Setup:
     seeds: tuple[int, ...] | None = None
     member_abstract_state: TrainState | None = None
     member_shardings: TrainState | None = None
+    splits: dict[str, Any] | None = None  # a classifier's encoded train/validation examples
 
     @property
     def members(self) -> int:
@@ -222,13 +227,16 @@ def build(exp: Experiment, tokenizer: Any, devices: list[Any] | None = None,
     steps = exp.steps
     seeds = tuple(int(s) for s in seeds) if seeds is not None and len(seeds) > 1 else None
 
+    ft = exp.finetune
     make_model = lambda seed=exp.train.seed: Transformer(model_cfg, rngs=nnx.Rngs(seed))
     graphdef, abstract_params, rest = nnx.split(nnx.eval_shape(make_model), nnx.Param, ...)
+    init_params = None if not ft.init_from else finetune_init.init_params(ft, model_cfg)
     if jax.tree.leaves(rest):
         raise NotImplementedError("the model has non-Param state; the train step only carries "
                                   "parameters")
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     param_sh = nnx.to_pure_dict(state_shardings(mesh, abstract_params))
+    model_sh = param_sh
     # Decided from the Variables' logical axes (stacked norm scales are 2-D but never decay).
     decay_mask = nnx.to_pure_dict(
         weight_decay_mask(abstract_params, exp.optimizer.decay_embeddings))
@@ -236,8 +244,21 @@ def build(exp: Experiment, tokenizer: Any, devices: list[Any] | None = None,
     lr_mults = nnx.to_pure_dict(lr_multiplier_tree(abstract_params, model_cfg))
     tx, schedule = make_optimizer(exp.optimizer, steps, decay_mask, lr_mults)
     abstract_pure = nnx.to_pure_dict(abstract_params)
+    select = lambda tree: tree  # the subtree the optimizer sees (its state's shape)
+    if ft_params.wrapped(ft):  # a classification head and/or LoRA adapters beside the model
+        extras = jax.eval_shape(lambda: ft_params.init_extras(
+            ft, abstract_pure, model_cfg.d_model, jax.random.PRNGKey(0)))
+        abstract_pure = {"model": abstract_pure, **extras}
+        param_sh = {"model": param_sh, **jax.tree.map(lambda _: replicated, extras)}
+        decay_mask = {"model": decay_mask, **ft_params.extras_decay_mask(extras)}
+        lr_mults = {"model": lr_mults, **jax.tree.map(lambda _: 1.0, extras)}
+        select = ft_params.trainable(ft)
+        inner, schedule = make_optimizer(exp.optimizer, steps, select(decay_mask),
+                                         select(lr_mults))
+        tx = ft_params.only_trainable(inner, ft)
     abstract_opt = jax.eval_shape(tx.init, abstract_pure)
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
+    opt_sh = optax.tree_map_params(inner if ft_params.wrapped(ft) else tx, lambda _, s: s,
+                                   abstract_opt, select(param_sh),
                                    transform_non_params=lambda _: replicated)
     shardings = TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
     abstract_state = TrainState(
@@ -249,21 +270,40 @@ def build(exp: Experiment, tokenizer: Any, devices: list[Any] | None = None,
     abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
 
-    def init(seed: int = exp.train.seed) -> TrainState:
-        _, params, _ = nnx.split(make_model(seed), nnx.Param, ...)
-        params = nnx.to_pure_dict(params)
+    def init(seed: int = exp.train.seed, base: Any = None) -> TrainState:
+        """The state at step 0: the model's params from `seed`, or `base` (an init run's)."""
+        if base is None:
+            _, params, _ = nnx.split(make_model(seed), nnx.Param, ...)
+            params = nnx.to_pure_dict(params)
+        else:
+            params = base
+        if ft_params.wrapped(ft):
+            params = {"model": params, **ft_params.init_extras(
+                ft, params, model_cfg.d_model, jax.random.fold_in(jax.random.PRNGKey(seed), 2))}
         # Dropout key: a stream separate from parameter init (nnx.Rngs(seed) uses key(seed)).
         rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=tx.init(params), rng=rng)
 
     batch_sharding = jax.sharding.NamedSharding(mesh, logical_to_spec(("batch", "length")))
+    dropout = model_cfg.dropout > 0
+    loss_fn = None
+    if ft.task == "classification":
+        loss_fn = ft_task.classification_loss(graphdef, ft, dropout)
+    elif ft_params.wrapped(ft):
+        loss_fn = ft_task.lm_loss_with(ft, graphdef, dropout)
     step_fn = make_train_step(graphdef, tx, schedule, microbatches=exp.train.microbatches,
-                              z_loss=exp.train.z_loss, dropout=model_cfg.dropout > 0,
-                              skip_nonfinite=exp.train.on_nan == "skip")
+                              z_loss=exp.train.z_loss, dropout=dropout,
+                              skip_nonfinite=exp.train.on_nan == "skip", loss_fn=loss_fn)
     member_abstract, member_shardings = abstract_state, shardings
-    if seeds is None:
+    if seeds is None and init_params is not None:
+        # The init run's params enter as an argument (never as constants of the program).
+        init_from = jax.jit(lambda base: init(base=base), out_shardings=shardings)
+        init_fn = lambda: init_from(jax.device_put(init_params, model_sh))
+    elif seeds is None:
         init_fn = jax.jit(init, out_shardings=shardings)
+    elif init_params is not None:
+        raise UserError("finetune.init_from with several seeds: fine-tune one seed at a time")
     else:
         shardings = jax.tree.map(_stacked, shardings)
         abstract_state = jax.tree.map(
@@ -274,9 +314,14 @@ def build(exp: Experiment, tokenizer: Any, devices: list[Any] | None = None,
                           out_shardings=shardings)
         step_fn = jax.vmap(step_fn, in_axes=(0, None))
     train_step = jit_train_step(step_fn, shardings, batch_sharding, replicated)
-    token_bytes = jnp.asarray(np.asarray(tokenizer.token_byte_lengths(), np.int32))
-    eval_fn = make_eval_step(graphdef, token_bytes)
-    eval_step = jax.jit(eval_fn, in_shardings=(param_sh, batch_sharding), out_shardings=replicated)
+    if ft.task == "classification":
+        eval_step = jax.jit(ft_task.make_eval_step(graphdef, ft))
+    else:
+        token_bytes = jnp.asarray(np.asarray(tokenizer.token_byte_lengths(), np.int32))
+        eval_fn = make_eval_step(graphdef, token_bytes,
+                                 lambda p: ft_params.model_params(p, ft))
+        eval_step = jax.jit(eval_fn, in_shardings=(param_sh, batch_sharding),
+                            out_shardings=replicated)
     return Setup(model_cfg=model_cfg, tokenizer=tokenizer, data_cfg=exp.data, mesh=mesh,
                  graphdef=graphdef, tx=tx, schedule=schedule, abstract_state=abstract_state,
                  state_shardings=shardings, batch_sharding=batch_sharding, replicated=replicated,
@@ -285,11 +330,27 @@ def build(exp: Experiment, tokenizer: Any, devices: list[Any] | None = None,
                  member_shardings=member_shardings)
 
 
+def batch_layout(exp: Experiment) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """The train batch's arrays: name -> (global shape, dtype), for the LM or the classifier."""
+    rows, seq = exp.data.batch_size, exp.data.seq_len
+    if exp.finetune.task == "classification":
+        return {"inputs": ((rows, seq), jnp.int32), "labels": ((rows,), jnp.int32),
+                "lengths": ((rows,), jnp.int32)}
+    return {"inputs": ((rows, seq), jnp.int32), "targets": ((rows, seq), jnp.int32),
+            "loss_mask": ((rows, seq), jnp.float32)}
+
+
+def _rows_sharding(sharding: Any, ndim: int) -> Any:
+    """The batch sharding for an array of `ndim` axes (rows split as for [rows, seq])."""
+    if ndim == len(sharding.spec):
+        return sharding
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(
+        *sharding.spec[:ndim]))
+
+
 def abstract_batch(exp: Experiment, sharding: Any) -> dict[str, jax.ShapeDtypeStruct]:
-    shape = (exp.data.batch_size, exp.data.seq_len)
-    return {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
-            "targets": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
-            "loss_mask": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding)}
+    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=_rows_sharding(sharding, len(shape)))
+            for k, (shape, dtype) in batch_layout(exp).items()}
 
 
 def compile_train_step(setup: Setup, exp: Experiment) -> Any:
@@ -304,10 +365,11 @@ def _global_batch(batch: dict[str, np.ndarray], sharding: Any, global_batch: int
                   ) -> dict[str, jax.Array]:
     """Process-local numpy rows -> global jax Arrays on the mesh (each process feeds its shard)."""
     out = {}
-    for key in ("inputs", "targets", "loss_mask"):
-        local = np.asarray(batch[key])
+    for key, local in batch.items():
+        local = np.asarray(local)
         shape = (global_batch, *local.shape[1:])
-        out[key] = jax.make_array_from_process_local_data(sharding, local, shape)
+        out[key] = jax.make_array_from_process_local_data(
+            _rows_sharding(sharding, local.ndim), local, shape)
     return out
 
 
@@ -481,6 +543,8 @@ def eval_hook(loop: Loop) -> Hook | None:
     exp, setup = loop.exp, loop.setup
     if exp.train.eval_every <= 0:
         return None
+    if setup.splits is not None:
+        return _classification_eval_hook(loop)
     batches = [_global_batch(b, setup.batch_sharding, exp.data.batch_size)
                for b in make_eval_batches(setup.data_cfg, setup.tokenizer, exp.train.eval_batches,
                                           process_index=loop.process_index,
@@ -497,6 +561,27 @@ def eval_hook(loop: Loop) -> Hook | None:
                           "tokens": loop.tokens}
         loop.writer.write(loop.last_eval)
         loop.bar.log(format_eval(loop.last_eval))
+
+    return Hook("eval", evaluate, every=exp.train.eval_every)
+
+
+def _classification_eval_hook(loop: Loop) -> Hook:
+    """Accuracy, macro-F1 and loss on the whole validation split (`llmjax.finetune.task`)."""
+    exp, setup = loop.exp, loop.setup
+    split = setup.splits["validation"]
+    batches = finetune_data.eval_batches(split, exp.data.batch_size, setup.tokenizer.pad_id)
+
+    def evaluate(loop: Loop) -> None:
+        with jax.set_mesh(setup.mesh):
+            result = ft_task.evaluate(setup.eval_step, loop.state.params, batches, split.heldout,
+                                      exp.finetune.num_labels)
+        loop.last_eval = {"kind": "eval", "step": loop.step, **result, "tokens": loop.tokens}
+        loop.writer.write(loop.last_eval)
+        loop.bar.log(f"eval step {loop.step}: accuracy {result['accuracy']:.3f} "
+                     f"± {result['accuracy_se']:.3f}  macro-F1 {result['macro_f1']:.3f}  "
+                     f"loss {result['loss']:.4f}" + (
+                         f"  held-out words {result['heldout_accuracy']:.3f}"
+                         if "heldout_accuracy" in result else ""))
 
     return Hook("eval", evaluate, every=exp.train.eval_every)
 
@@ -680,9 +765,15 @@ def train_members(exp: Experiment | Any, workdirs: Sequence[str], *,
                             "`llmjax train` or llmjax.run.train")
         # Everything that can refuse the run before the workdir is touched (the data dir may be
         # written: the dataset is prepared there if needed).
-        tokenizer = get_data_tokenizer(exp.data)
-        check_train_steps(exp.data, tokenizer, exp.steps)  # finite data (num_epochs) suffices
+        classify = exp.finetune.task == "classification"
+        tokenizer = get_data_tokenizer(exp.data, prepare=not classify)
+        if classify:  # labelled examples instead of the LM stream
+            splits = finetune_data.load_splits(exp, tokenizer)
+        else:
+            splits = None
+            check_train_steps(exp.data, tokenizer, exp.steps)  # finite data (num_epochs) will do
         setup = build(exp, tokenizer, devices, seeds=seeds if len(seeds) > 1 else None)
+        setup.splits = splits
         with contextlib.ExitStack() as held:
             for run in runs:
                 held.enter_context(_hold_run(run, print if progress else None))
@@ -760,8 +851,13 @@ def _train(exps: list[Experiment], runs: list[RunDir], setup: Setup, stop: _Stop
         multihost_utils.sync_global_devices("llmjax: incomplete checkpoints removed")
     ckpts = [Checkpointer(run.path, keep_last=exp.train.keep_checkpoints,
                           keep_every=exp.train.keep_every, keep_steps=keep_steps) for run in runs]
-    train_iter = make_train_iterator(setup.data_cfg, tokenizer, process_index=proc,
-                                     process_count=n_proc)
+    if setup.splits is not None:
+        train_iter = finetune_data.BatchIterator(
+            setup.splits["train"], exp.data.batch_size, exp.data.seed, shuffle=exp.data.shuffle,
+            process_index=proc, process_count=n_proc)
+    else:
+        train_iter = make_train_iterator(setup.data_cfg, tokenizer, process_index=proc,
+                                         process_count=n_proc)
     restored = _restore_members(ckpts, setup.member_abstract_state.as_dict(), say)
     if restored[0] is not None:
         resume_step = restored[0][0]

@@ -85,14 +85,15 @@ def _split_microbatches(batch: Batch, microbatches: int) -> Batch:
     def split(x: jax.Array) -> jax.Array:
         b = x.shape[0]
         x = x.reshape(b // microbatches, microbatches, *x.shape[1:]).swapaxes(0, 1)
-        return constrain(x, (None, "batch", "length"))
+        return constrain(x, (None, "batch", "length")[:x.ndim])
 
     return {k: split(v) for k, v in batch.items()}
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: Callable[[jax.Array], jax.Array], *, microbatches: int = 1,
-                    z_loss: float = 0.0, dropout: bool = False, skip_nonfinite: bool = False
+                    z_loss: float = 0.0, dropout: bool = False, skip_nonfinite: bool = False,
+                    loss_fn: Callable | None = None
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The pure step function (not jitted: `jit_train_step` adds shardings and donation).
 
@@ -102,13 +103,22 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     moments, is finite), finite (bool: loss, grad norm and params_finite all are). With
     skip_nonfinite a non-finite step changes nothing but `step`: the old params and optimizer
     state are kept.
+
+    `loss_fn(params, batch, key) -> (sum of NLL, sum of logsumexp^2, count)` replaces the
+    next-token loss (fine-tuning: a classification head, LoRA; `llmjax.finetune.task`); `tokens`
+    is then its count (rows for a classifier).
     """
+
+    def lm_loss(p: Any, batch: Batch, key: jax.Array | None):
+        model = nnx.merge(graphdef, p)
+        logits = model(batch["inputs"], deterministic=not dropout, rngs=key, training=True)
+        return token_losses(logits, batch["targets"], batch["loss_mask"])
+
+    loss_of = lm_loss if loss_fn is None else loss_fn
 
     def sums_and_grads(params: Any, batch: Batch, key: jax.Array | None):
         def objective(p: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
-            model = nnx.merge(graphdef, p)
-            logits = model(batch["inputs"], deterministic=not dropout, rngs=key, training=True)
-            nll, zsq, count = token_losses(logits, batch["targets"], batch["loss_mask"])
+            nll, zsq, count = loss_of(p, batch, key)
             return nll + z_loss * zsq, (nll, zsq, count)
 
         (_, (nll, zsq, count)), grads = jax.value_and_grad(objective, has_aux=True)(params)
@@ -160,14 +170,18 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     return step
 
 
-def make_eval_step(graphdef: nnx.GraphDef, token_bytes: jax.Array
+def make_eval_step(graphdef: nnx.GraphDef, token_bytes: jax.Array,
+                   model_params: Callable[[Any], Any] | None = None
                    ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
     """params, batch -> {nll (sum, nats), tokens (count), bytes (UTF-8 bytes of the targets)}.
 
     token_bytes: int32 [vocab] bytes each token decodes to (0 for specials), for bits per byte.
+    model_params: the state's params -> the model's (LoRA merged); default: they are the same.
     """
 
     def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
+        if model_params is not None:
+            params = model_params(params)
         model = nnx.merge(graphdef, params)
         logits = model(batch["inputs"], deterministic=True)
         nll, _, count = token_losses(logits, batch["targets"], batch["loss_mask"])
