@@ -208,6 +208,22 @@ def test_round_trip_recovers_every_tensor(family, hf_dirs, runs, tmp_path, capsy
         .from_pretrained(hf_dirs[family])("the cat", add_special_tokens=False).input_ids
 
 
+def test_sharded_and_bfloat16_checkpoints_read_like_the_single_file(hf_dirs, tmp_path):
+    import jax
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dirs["llama"])
+    model.save_pretrained(str(tmp_path / "sharded"), max_shard_size="100KB")
+    assert os.path.exists(tmp_path / "sharded" / hf.SAFETENSORS_INDEX)
+    _, cfg, single, _ = hf.read_hf(hf_dirs["llama"])
+    _, _, sharded, _ = hf.read_hf(str(tmp_path / "sharded"))
+    for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded), strict=True):
+        np.testing.assert_array_equal(a, b)
+    model.to(torch.bfloat16).save_pretrained(str(tmp_path / "bf16"))
+    _, cfg, params, _ = hf.read_hf(str(tmp_path / "bf16"))  # --dtype=auto: the file's
+    assert cfg.param_dtype == cfg.compute_dtype == "bfloat16"
+    assert {str(a.dtype) for a in jax.tree.leaves(params)} == {"bfloat16"}
+
+
 # ------------------------------------------------------------------------------------ llmjax -> HF
 
 
