@@ -79,8 +79,15 @@ def main(argv: list[str]) -> int:
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return TrainingDiverged.exit_code
+    except Exception as e:  # several processes: a dead peer is one line and exit 1, not a hang
+        from llmjax.distributed import exit_on_peer_failure
+
+        exit_on_peer_failure(e)
+        raise
     result = results[0]
-    if result.preempted:
+    import jax
+
+    if result.preempted and jax.process_index() == 0:  # only process 0 writes the run's output
         print(f"stopped by signal at step {result.step}/{result.total_steps}; "
               f"checkpoint saved in {result.workdir}; run the same command to resume")
     return 0
