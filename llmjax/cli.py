@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "probe": ("llmjax.eval.cli", "few-shot probes, ICL score and induction heads of a run"),
     "generate": ("llmjax.generate.cli", "continue prompts with a run's model (KV-cache decoding)"),
     "serve": ("llmjax.generate.server", "an OpenAI-compatible completions server for a run"),
+    "finetune": ("llmjax.finetune.cli", "fine-tune a run: causal LM or classification, full or "
+                 "LoRA"),
     "convert": ("llmjax.convert", "Hugging Face GPT-2/Llama directories <-> llmjax runs"),
 }
 
