@@ -422,3 +422,23 @@ def test_convert_flags(runs, tmp_path, capsys):
     rc, err = _convert(f"--to_hf={tmp_path / 'full'}", f"--workdir={runs['gpt2']}",
                        capsys=capsys)
     assert rc == 2 and "not empty" in err
+
+
+def test_converted_model_finetunes_with_lora_and_exports_merged(runs, tmp_path):
+    """HF Llama -> llmjax -> LoRA classification fine-tune -> HF: transformers computes the
+    fine-tuned (merged) model's logits."""
+    config = os.path.join(REPO, "experiments", "configs", "finetune_sentiment.py")
+    ft = str(tmp_path / "ft")
+    assert cli.main(["finetune", f"--config={config}:lora", f"--init_from={runs['llama']}",
+                     f"--workdir={ft}", "--config.steps=6", "--config.eval_every=6",
+                     "--config.data.seq_len=64", "--config.data.batch_size=8",
+                     "--config.finetune.train_examples=64",
+                     "--config.finetune.validation_examples=16"]) == 0
+    tuned, _ = llmjax.load(ft)
+    base, _ = llmjax.load(runs["llama"])
+    tokens = _tokens(tuned.config.vocab_size, seed=5)
+    assert np.abs(np.asarray(tuned(tokens)) - np.asarray(base(tokens))).max() > 1e-6
+    out = str(tmp_path / "hf")
+    hf.export_hf(ft, out, say=lambda s: None)
+    diff = np.abs(np.asarray(tuned(tokens)) - _hf_logits(_torch_model(out), tokens)).max()
+    assert diff < TOL
