@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("llmjax.train.cli", "train a model from a config"),
     "info": ("llmjax.train.info", "parameter counts, FLOPs/token and compiled memory of a config"),
     "sweep": ("llmjax.sweep.cli", "run every point of a config's get_sweep(), resumably"),
+    "launch": ("llmjax.launch", "gcloud TPU VM commands or a GKE JobSet for a run or sweep point"),
     "results": ("llmjax.sweep.results", "gather a sweep's runs into results.csv and curves.csv"),
     "report": ("llmjax.report.cli", "scaling-law fits, plots and report.md of a sweep"),
     "probe": ("llmjax.eval.cli", "few-shot probes, ICL score and induction heads of a run"),
