@@ -3,7 +3,7 @@
 reason, only where SLURM can be neither found nor installed (no root, no apt-get).
 
 One point P of the tiny config is trained three ways, all submitted at once:
-  A  a 3-point sweep (P and two other learning rates), one task with 2 CPU devices per point;
+  A  a 3-point sweep (P and two other seeds), one task with 2 CPU devices per point;
   B  P alone as one 2-task point: `srun -n2`, 2 JAX processes with 1 device each;
   C  P alone with --requeue, signalled (`scancel --batch --signal=TERM`) mid-run: it saves a
      checkpoint, the batch script requeues the job, the task resumes from the checkpoint.
@@ -25,7 +25,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "experiments", "configs", "tiny.py")
 CLUSTER = os.path.join(REPO, "launch", "slurm", "local_cluster.sh")
-P = "lr0.01"
+P = "s0"
 
 SWEEP_CONFIG = f"""
 import importlib.util
@@ -39,7 +39,7 @@ _spec.loader.exec_module(_tiny)
 
 def get_config(arg=None):
     c = _tiny.get_config()
-    c.steps = 100
+    c.steps = 60
     c.log_every = 10
     c.eval_every = 0
     c.checkpoint_every = 10
@@ -49,9 +49,11 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
-    lrs = {{"lr0.003": 3e-3, "lr0.01": 1e-2, "lr0.03": 3e-2}}
-    names = lrs if arg in (None, "", "all") else [arg]
-    return [{{"name": n, "optimizer.lr": lrs[n]}} for n in names]
+    # Points differ in seed only: one compiled train step for all (the test session shares
+    # its XLA compilation cache with the jobs), so the sweep costs start-ups, not compiles.
+    seeds = {{"s0": 0, "s1": 1, "s2": 2}}
+    names = seeds if arg in (None, "", "all") else [arg]
+    return [{{"name": n, "seed": seeds[n]}} for n in names]
 """
 
 
@@ -140,14 +142,14 @@ def slurm_sweeps(slurm_cluster, tmp_path_factory):
     b = sweep(f"{cfg}:{P}", dirs["B"], data, "--backend=slurm", "--tasks_per_node=2", devices=1)
     assert b.returncode == 0, b.stdout + b.stderr
     jobs = {k: job_of(d) for k, d in dirs.items()}
-    # C: signal the batch script once the run has saved a checkpoint (step 10), as SLURM's
-    # --signal=B:TERM@S does before the time limit.
+    # C: signal the batch script once the run has logged step 10 (and started its checkpoint
+    # there), as SLURM's --signal=B:TERM@S does before the time limit.
     run_c = os.path.join(dirs["C"], "runs", P)
     deadline = time.monotonic() + 240
-    while not (os.path.isdir(os.path.join(run_c, "checkpoints", "10"))
-               and max(losses(run_c), default=0) >= 20):
+    while max(losses(run_c) if os.path.exists(os.path.join(run_c, "metrics.jsonl")) else [0],
+              default=0) < 10:
         assert time.monotonic() < deadline, tail(os.path.join(run_c, "train.log"))
-        time.sleep(0.2)
+        time.sleep(0.1)
     signalled = max(losses(run_c))
     subprocess.run(["scancel", "--batch", "--signal=TERM", f"{jobs['C']}_0"], check=True)
     wait_jobs(list(jobs.values()), timeout=300)
@@ -163,10 +165,10 @@ def test_three_point_sweep_completes_through_one_array(slurm_sweeps):
     assert len(jobs) == 1 and sorted(jobs[0]["tasks"]) == ["0", "1", "2"]
     script = open(jobs[0]["script"]).read()
     assert "#SBATCH --array=0-2" in script and "srun --kill-on-bad-exit=1" in script
-    for name in ("lr0.003", "lr0.01", "lr0.03"):
+    for name in ("s0", "s1", "s2"):
         status = json.load(open(os.path.join(d, "runs", name, "status.json")))
         assert status["status"] == "complete", tail(os.path.join(d, "runs", name, "train.log"))
-        assert sorted(losses(os.path.join(d, "runs", name))) == list(range(10, 101, 10))
+        assert sorted(losses(os.path.join(d, "runs", name))) == list(range(10, 61, 10))
     status = sweep(s["cfg"], d, s["data"], "--status")  # reads state, submits nothing
     assert status.returncode == 0 and "3/3 points complete" in status.stdout, status.stdout
     again = sweep(s["cfg"], d, s["data"], "--backend=slurm")
@@ -183,7 +185,7 @@ def test_two_task_point_is_two_jax_processes_with_the_same_losses(slurm_sweeps):
     expected = losses(os.path.join(s["dirs"]["A"], "runs", P))
     assert losses(run_b) == expected  # bitwise
     log = open(os.path.join(run_b, "train.log")).read()
-    assert log.count("step 100/100") == 1  # only process 0 prints
+    assert log.count("step 60/60") == 1  # only process 0 prints
 
 
 def test_signalled_job_checkpoints_requeues_and_resumes_to_the_same_result(slurm_sweeps):

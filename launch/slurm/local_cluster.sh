@@ -102,6 +102,12 @@ start() {
   [ "$(id -u)" = 0 ] || { command -v sinfo >/dev/null && sinfo -h >/dev/null 2>&1 && exit 0; \
     fail "not root: cannot start slurmctld/slurmd here"; }
   install
+  if [ -e "$conf" ] && ! grep -q "^# Written by launch/slurm/local_cluster.sh" "$conf"; then
+    # A slurm.conf this script did not write: a real cluster's. Use it if it answers, never
+    # overwrite it.
+    sinfo -h >/dev/null 2>&1 && { say "using the cluster of the existing $conf"; exit 0; }
+    fail "$conf exists and was not written by this script; not replacing it"
+  fi
   changed=0
   write_conf && changed=1
   if [ ! -s /etc/munge/munge.key ]; then
