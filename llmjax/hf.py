@@ -786,40 +786,13 @@ def export_hf(workdir: str, out: str, *, step: int | None = None, params: Any = 
     from safetensors.numpy import save_file
 
     from llmjax import rundir
-    from llmjax.config import parse_experiment
-    from llmjax.data.tokenizer import load_tokenizer_file
-    from llmjax.eval.probe import load_params
+    from llmjax.eval.probe import load_params, load_run
 
-    run = rundir.RunDir(workdir)
-    if not run.exists():
-        raise UserError(f"--workdir={workdir}: no such directory")
-    saved = run.saved_config()
-    if saved is None:
-        raise UserError(f"--workdir={workdir}: no {rundir.CONFIG} (not a run directory)")
-    try:
-        exp = parse_experiment(saved)
-    except UserError as e:
-        raise UserError(f"{run.config_path}: {e}") from None
-    tokenizer = None
-    if os.path.isfile(os.path.join(run.tokenizer_dir, "tokenizer.json")):
-        tokenizer = load_tokenizer_file(run.tokenizer_dir)
-    elif exp.vocab_from_tokenizer:
-        raise UserError(f"--workdir={workdir}: model.vocab_size comes from the tokenizer, and "
-                        f"there is no {rundir.TOKENIZER}/tokenizer.json")
-    cfg = exp.model_config(tokenizer.vocab_size if tokenizer is not None else 0)
+    run = load_run(workdir, need_tokenizer=False)
+    tokenizer, cfg = run.tokenizer, run.model_cfg
     family = export_family(cfg)
-    if params is None and tokenizer is not None:
+    if params is None:
         _, params, step = load_params(workdir, step, cfg)  # LoRA merged, heads dropped
-    elif params is None:  # no tokenizer (an import without one): the plain params subtree
-        from llmjax.eval.probe import _abstract_params, checkpoint_steps
-        from llmjax.train.checkpoint import restore_params
-
-        steps = checkpoint_steps(workdir)
-        if not steps or (step is not None and step not in steps):
-            raise UserError(f"--workdir={workdir}: no complete checkpoint"
-                            + (f" at step {step}" if step is not None else ""))
-        step = steps[-1] if step is None else step
-        params = restore_params(workdir, step, _abstract_params(cfg)[1])
     params = _tree_map(np.asarray, params)
     state = hf_state_dict(params, cfg)
     if cfg.tie_embeddings:

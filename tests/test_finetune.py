@@ -14,6 +14,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 import llmjax
+from llmjax import cli
 from llmjax.config import load_config, parse_experiment
 from llmjax.data import synthetic
 from llmjax.finetune import sentiment
@@ -174,7 +175,8 @@ def test_causal_lm_finetune_on_user_jsonl_then_generate(trained_tiny_run, tmp_pa
 
 
 @pytest.mark.parametrize("case", ["label", "vocabulary", "lora_target"])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, trained_tiny_run, tmp_path):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, trained_tiny_run, tmp_path,
+                                                         capsys):
     data = tmp_path / "train.jsonl"
     data.write_text(json.dumps({"text": "good", "label": 1}) + "\n"
                     + json.dumps({"text": "bad", "label": 5}) + "\n")
@@ -182,10 +184,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, trained_tiny_run,
              "vocabulary": ["--config.data.tokenizer=bpe:300"],
              "lora_target": ["--config.finetune.lora_targets=wq,w_nope"]}[case]
     workdir = tmp_path / "new"
-    out = _cli("finetune", f"--config={CONFIG}", f"--init_from={trained_tiny_run}",
-               f"--workdir={workdir}", *SMALL, *flags)
-    assert out.returncode == 2, out.stderr[-2000:]
-    lines = out.stderr.strip().splitlines()
+    capsys.readouterr()
+    rc = cli.main(["finetune", f"--config={CONFIG}", f"--init_from={trained_tiny_run}",
+                   f"--workdir={workdir}", *SMALL, *flags])  # the console entry point, in-process
+    err = capsys.readouterr().err
+    assert rc == 2, err[-2000:]
+    lines = err.strip().splitlines()
     assert len(lines) == 1, lines
     expected = {"label": f"{data}:2: label=5 is outside [0, 2)", "vocabulary": "bpe:300",
                 "lora_target": "w_nope"}[case]

@@ -387,7 +387,9 @@ def _decode(data: bytes) -> tuple[str, bool]:
         return data.decode("utf-8", errors="replace"), True
 
 
-def _iter_jsonl(path: Path, rel: str) -> Iterator[tuple[str, bytes]]:
+def jsonl_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of each non-blank line of a .jsonl file, every record an object
+    with a string `text` field (invalid UTF-8 replaced); UserError naming path:line otherwise."""
     with open(path, "rb") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -399,9 +401,14 @@ def _iter_jsonl(path: Path, rel: str) -> Iterator[tuple[str, bytes]]:
                 raise UserError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 raise UserError(f"{path}:{lineno}: expected an object with a string 'text' field")
-            data = record["text"].encode("utf-8", errors="replace")
-            for i, chunk in enumerate(chunk_bytes(data)):
-                yield f"{rel}:{lineno}#{i}", chunk
+            yield lineno, record
+
+
+def _iter_jsonl(path: Path, rel: str) -> Iterator[tuple[str, bytes]]:
+    for lineno, record in jsonl_records(path):
+        data = record["text"].encode("utf-8", errors="replace")
+        for i, chunk in enumerate(chunk_bytes(data)):
+            yield f"{rel}:{lineno}#{i}", chunk
 
 
 def _iter_source_documents(base: Path, rels: Sequence[str]) -> Iterator[tuple[str, bytes]]:

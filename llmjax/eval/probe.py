@@ -86,8 +86,10 @@ class Run:
         return int(min(self.exp.data.seq_len, self.model_cfg.max_seq_len))
 
 
-def load_run(workdir: str) -> Run:
-    """Reads config.json and tokenizer/ of a run; UserError naming what is missing or bad."""
+def load_run(workdir: str, *, need_tokenizer: bool = True) -> Run:
+    """Reads config.json and tokenizer/ of a run; UserError naming what is missing or bad.
+    need_tokenizer=False: a run without tokenizer/ (an HF import without one) loads with
+    tokenizer None, when its config names its vocabulary size."""
     run = RunDir(workdir)
     if not run.exists():
         raise UserError(f"--workdir={workdir}: no such directory")
@@ -99,7 +101,9 @@ def load_run(workdir: str) -> Run:
     except UserError as e:
         raise UserError(f"{run.config_path}: {e}") from None
     if not os.path.isfile(os.path.join(run.tokenizer_dir, "tokenizer.json")):
-        raise UserError(f"--workdir={workdir}: no {rundir.TOKENIZER}/tokenizer.json")
+        if need_tokenizer or exp.vocab_from_tokenizer:
+            raise UserError(f"--workdir={workdir}: no {rundir.TOKENIZER}/tokenizer.json")
+        return Run(run.path, exp, None, exp.model)
     tokenizer = load_tokenizer_file(run.tokenizer_dir)
     return Run(run.path, exp, tokenizer, exp.model_config(tokenizer.vocab_size))
 
@@ -133,7 +137,7 @@ def load_params(workdir: str, step: int | None = None, model_cfg: Any = None
     if step not in steps:
         raise UserError(f"--step={step}: no complete checkpoint at that step; available: "
                         f"{', '.join(map(str, steps))}")
-    run = load_run(workdir)
+    run = load_run(workdir, need_tokenizer=False)
     if model_cfg is None:
         model_cfg = run.model_cfg
     graphdef, abstract = _abstract_params(model_cfg)

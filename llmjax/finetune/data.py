@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -68,27 +67,19 @@ def _hash_fraction(text: str) -> float:
 
 
 def _read_jsonl(path: str, num_labels: int) -> tuple[list[str], list[int]]:
+    from llmjax.data.builders import jsonl_records
+
     texts, labels = [], []
     try:
-        with open(os.path.expanduser(path), encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{where}: not JSON ({e.msg})") from None
-                if not isinstance(record, Mapping) or not isinstance(record.get("text"), str):
-                    raise UserError(f"{where}: needs a string field 'text'")
-                label = record.get("label")
-                if isinstance(label, bool) or not isinstance(label, int):
-                    raise UserError(f"{where}: label={label!r}: expected an integer")
-                if not 0 <= label < num_labels:
-                    raise UserError(f"{where}: label={label} is outside [0, {num_labels}) "
-                                    f"(finetune.num_labels={num_labels})")
-                texts.append(record["text"])
-                labels.append(label)
+        for lineno, record in jsonl_records(os.path.expanduser(path)):
+            label = record.get("label")
+            if isinstance(label, bool) or not isinstance(label, int):
+                raise UserError(f"{path}:{lineno}: label={label!r}: expected an integer")
+            if not 0 <= label < num_labels:
+                raise UserError(f"{path}:{lineno}: label={label} is outside [0, {num_labels}) "
+                                f"(finetune.num_labels={num_labels})")
+            texts.append(record["text"])
+            labels.append(label)
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
     if not texts:
