@@ -50,7 +50,11 @@ def test_gpu_bench_smoke(tmp_path):
     block_dir.mkdir()
     (block_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # Not the session's persistent XLA cache either (conftest): jax reaches it through etils'
+    # epath, which tries to import tensorflow; the benchmark on its GPU machine runs without it.
+    env = {k: v for k, v in os.environ.items()
+           if k != "PYTHONPATH" and not k.startswith("JAX_PERSISTENT_CACHE")
+           and k != "JAX_COMPILATION_CACHE_DIR"}
     # XLA's CPU backend at -O0 compiles the toy step about twice as fast; the Python path is
     # unchanged (the flag only affects CPU code generation).
     env.update(PYTHON=sys.executable, OUT=str(out), PYTHONPATH=str(block_dir),

@@ -151,7 +151,12 @@ def slurm_sweeps(slurm_cluster, tmp_path_factory):
         assert time.monotonic() < deadline, tail(os.path.join(run_c, "train.log"))
         time.sleep(0.1)
     signalled = max(losses(run_c))
-    subprocess.run(["scancel", "--batch", "--signal=TERM", f"{jobs['C']}_0"], check=True)
+    # C's array has one task: signal the array job (its only task's batch script).
+    sig = subprocess.run(["scancel", "--batch", "--signal=TERM", str(jobs["C"])],
+                         capture_output=True, text=True)
+    state = subprocess.run(["squeue", "-a", "-r", "-o", "%i %T %r"], capture_output=True,
+                           text=True).stdout
+    assert sig.returncode == 0, f"{sig.stderr.strip()}; squeue:\n{state}"
     wait_jobs(list(jobs.values()), timeout=300)
     return {"dirs": dirs, "cfg": str(cfg), "data": data, "jobs": jobs, "signalled": signalled,
             "wall_s": time.monotonic() - t0, "start_s": slurm_cluster["start_s"]}
