@@ -52,16 +52,3 @@ def trained_tiny_run(tmp_path_factory):
     """A tiny run trained for 50 steps, one per test module that asks for it."""
     return train_tiny(tmp_path_factory.mktemp("tiny50"), steps=50)
 
-
-# The files that take longest (worker-seconds in a full run on 2 cores, 2026-12-01), slowest
-# first. xdist's --dist loadfile hands files to the workers in collection order, so starting the
-# long ones first keeps one worker from running a 100-second file alone at the end (LPT order).
-SLOW_FILES = ("test_sweep.py", "test_train.py", "test_seeds.py", "test_serve.py", "test_slurm.py",
-              "test_model.py", "test_induction.py", "test_generate.py", "test_multiprocess.py",
-              "test_hf.py", "test_step_perf_equivalence.py", "test_mup.py", "test_finetune.py",
-              "test_report.py", "test_scaling_fits.py", "test_probes.py", "test_resume.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(SLOW_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable

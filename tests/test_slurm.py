@@ -39,7 +39,7 @@ _spec.loader.exec_module(_tiny)
 
 def get_config(arg=None):
     c = _tiny.get_config()
-    c.steps = 60
+    c.steps = 100
     c.log_every = 10
     c.eval_every = 0
     c.checkpoint_every = 10
@@ -135,12 +135,14 @@ def slurm_sweeps(slurm_cluster, tmp_path_factory):
     get_data_tokenizer(parse_experiment(load_config(TINY, [f"data.data_dir={data}"])).data)
     dirs = {k: str(base / k) for k in "ABC"}
     t0 = time.monotonic()
-    c = sweep(f"{cfg}:{P}", dirs["C"], data, "--backend=slurm", "--requeue", devices=2)
-    assert c.returncode == 0, c.stdout + c.stderr
     a = sweep(str(cfg), dirs["A"], data, "--backend=slurm", devices=2)
     assert a.returncode == 0, a.stdout + a.stderr
     b = sweep(f"{cfg}:{P}", dirs["B"], data, "--backend=slurm", "--tasks_per_node=2", devices=1)
     assert b.returncode == 0, b.stdout + b.stderr
+    # C last, and watched from its submission on: submitted first, it once ran all its steps
+    # while A and B were still being submitted (a full suite loading both cores).
+    c = sweep(f"{cfg}:{P}", dirs["C"], data, "--backend=slurm", "--requeue", devices=2)
+    assert c.returncode == 0, c.stdout + c.stderr
     jobs = {k: job_of(d) for k, d in dirs.items()}
     # C: signal the batch script once the run has logged step 10 (and started its checkpoint
     # there), as SLURM's --signal=B:TERM@S does before the time limit.
@@ -173,7 +175,7 @@ def test_three_point_sweep_completes_through_one_array(slurm_sweeps):
     for name in ("s0", "s1", "s2"):
         status = json.load(open(os.path.join(d, "runs", name, "status.json")))
         assert status["status"] == "complete", tail(os.path.join(d, "runs", name, "train.log"))
-        assert sorted(losses(os.path.join(d, "runs", name))) == list(range(10, 61, 10))
+        assert sorted(losses(os.path.join(d, "runs", name))) == list(range(10, 101, 10))
     status = sweep(s["cfg"], d, s["data"], "--status")  # reads state, submits nothing
     assert status.returncode == 0 and "3/3 points complete" in status.stdout, status.stdout
     again = sweep(s["cfg"], d, s["data"], "--backend=slurm")
@@ -190,7 +192,7 @@ def test_two_task_point_is_two_jax_processes_with_the_same_losses(slurm_sweeps):
     expected = losses(os.path.join(s["dirs"]["A"], "runs", P))
     assert losses(run_b) == expected  # bitwise
     log = open(os.path.join(run_b, "train.log")).read()
-    assert log.count("step 60/60") == 1  # only process 0 prints
+    assert log.count("step 100/100") == 1  # only process 0 prints
 
 
 def test_signalled_job_checkpoints_requeues_and_resumes_to_the_same_result(slurm_sweeps):
