@@ -54,12 +54,18 @@ def check_model(init_cfg: Any, model_cfg: Any, init_from: str) -> None:
                             f"{', '.join(FREE_FIELDS)} may differ")
 
 
-def init_params(ft: Any, model_cfg: Any) -> Any:
-    """The init run's model parameters (a pure dict on one device) for a run of `model_cfg`."""
-    from llmjax.eval.probe import load_params
-
+def check_init_run(ft: Any, model_cfg: Any) -> Any:
+    """The init run, checked against a run of `model_cfg` (UserError naming the field); reads
+    its config and tokenizer, not its checkpoint."""
     run = init_run(ft)
     check_model(run.model_cfg, model_cfg, ft.init_from)
+    return run
+
+
+def init_params(ft: Any, run: Any) -> Any:
+    """The checked init run's model parameters (a pure dict on one device)."""
+    from llmjax.eval.probe import load_params
+
     _, step = parse_init_from(ft.init_from)
     try:
         _, params, _ = load_params(run.workdir, step)

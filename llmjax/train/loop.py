@@ -230,7 +230,9 @@ def build(exp: Experiment, tokenizer: Any, devices: list[Any] | None = None,
     ft = exp.finetune
     make_model = lambda seed=exp.train.seed: Transformer(model_cfg, rngs=nnx.Rngs(seed))
     graphdef, abstract_params, rest = nnx.split(nnx.eval_shape(make_model), nnx.Param, ...)
-    init_params = None if not ft.init_from else finetune_init.init_params(ft, model_cfg)
+    # Checked now (bad input exits before anything is written); its checkpoint is read only by
+    # init_fn, i.e. when this run has no checkpoint of its own to resume from.
+    init_run = finetune_init.check_init_run(ft, model_cfg) if ft.init_from else None
     if jax.tree.leaves(rest):
         raise NotImplementedError("the model has non-Param state; the train step only carries "
                                   "parameters")
@@ -296,13 +298,14 @@ def build(exp: Experiment, tokenizer: Any, devices: list[Any] | None = None,
                               z_loss=exp.train.z_loss, dropout=dropout,
                               skip_nonfinite=exp.train.on_nan == "skip", loss_fn=loss_fn)
     member_abstract, member_shardings = abstract_state, shardings
-    if seeds is None and init_params is not None:
+    if seeds is None and init_run is not None:
         # The init run's params enter as an argument (never as constants of the program).
         init_from = jax.jit(lambda base: init(base=base), out_shardings=shardings)
-        init_fn = lambda: init_from(jax.device_put(init_params, model_sh))
+        init_fn = lambda: init_from(jax.device_put(finetune_init.init_params(ft, init_run),
+                                                   model_sh))
     elif seeds is None:
         init_fn = jax.jit(init, out_shardings=shardings)
-    elif init_params is not None:
+    elif init_run is not None:
         raise UserError("finetune.init_from with several seeds: fine-tune one seed at a time")
     else:
         shardings = jax.tree.map(_stacked, shardings)
