@@ -244,7 +244,6 @@ def build(exp: Experiment, tokenizer: Any, devices: list[Any] | None = None,
         weight_decay_mask(abstract_params, exp.optimizer.decay_embeddings))
     # muP's per-parameter Adam learning-rate multipliers (all 1 under 'sp': no extra transform).
     lr_mults = nnx.to_pure_dict(lr_multiplier_tree(abstract_params, model_cfg))
-    tx, schedule = make_optimizer(exp.optimizer, steps, decay_mask, lr_mults)
     abstract_pure = nnx.to_pure_dict(abstract_params)
     select = lambda tree: tree  # the subtree the optimizer sees (its state's shape)
     if ft_params.wrapped(ft):  # a classification head and/or LoRA adapters beside the model
@@ -255,12 +254,11 @@ def build(exp: Experiment, tokenizer: Any, devices: list[Any] | None = None,
         decay_mask = {"model": decay_mask, **ft_params.extras_decay_mask(extras)}
         lr_mults = {"model": lr_mults, **jax.tree.map(lambda _: 1.0, extras)}
         select = ft_params.trainable(ft)
-        inner, schedule = make_optimizer(exp.optimizer, steps, select(decay_mask),
-                                         select(lr_mults))
-        tx = ft_params.only_trainable(inner, ft)
+    # `inner` updates the trainable subtree; under LoRA, tx leaves the frozen model's untouched.
+    inner, schedule = make_optimizer(exp.optimizer, steps, select(decay_mask), select(lr_mults))
+    tx = ft_params.only_trainable(inner, ft)
     abstract_opt = jax.eval_shape(tx.init, abstract_pure)
-    opt_sh = optax.tree_map_params(inner if ft_params.wrapped(ft) else tx, lambda _, s: s,
-                                   abstract_opt, select(param_sh),
+    opt_sh = optax.tree_map_params(inner, lambda _, s: s, abstract_opt, select(param_sh),
                                    transform_non_params=lambda _: replicated)
     shardings = TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
     abstract_state = TrainState(
