@@ -155,12 +155,12 @@ def test_a_dead_process_takes_the_other_down_with_one_line(tmp_path, data_dir):
     with one line naming the cause, within seconds, instead of waiting forever."""
     run = str(tmp_path / "run")
     procs = start_processes(2, train_cmd(run, data_dir, 100000, "--config.checkpoint_every=0"),
-                            str(tmp_path), LLMJAX_HEARTBEAT_TIMEOUT="10")
+                            str(tmp_path), LLMJAX_HEARTBEAT_TIMEOUT="30")
     metrics = os.path.join(run, "metrics.jsonl")
     deadline = time.monotonic() + 180
     while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
-            read(str(tmp_path / "p0.err"))[-2000:]
+            "\n".join(f"p{i}: " + read(str(tmp_path / f"p{i}.err"))[-1500:] for i in (0, 1))
         time.sleep(0.2)
     procs[1].send_signal(signal.SIGKILL)
     killed = time.monotonic()
@@ -170,6 +170,7 @@ def test_a_dead_process_takes_the_other_down_with_one_line(tmp_path, data_dir):
     assert rc == 1, "\n".join(err[-20:])
     assert err[-1].startswith("error: process 0 of 2: a collective with the other processes "
                               "failed, another process probably died"), err[-5:]
+    print(f"process 0 exited {took:.1f} s after process 1 was killed")
     assert took < 30
     procs[1].wait()
 

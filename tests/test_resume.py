@@ -35,10 +35,11 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_dir):
-    """The uninterrupted run, in this process (same devices and XLA flags as the subprocesses)."""
+    """The uninterrupted run, in this process on one device, as the subprocesses run."""
     workdir = str(tmp_path_factory.mktemp("reference"))
     overrides = [f.removeprefix("--config.") for f in _flags(data_dir)]
-    train(load_config(f"{TINY}:steps={STEPS}", overrides), workdir, progress=False)
+    train(load_config(f"{TINY}:steps={STEPS}", overrides), workdir, progress=False,
+          devices=jax.devices()[:1])
     return workdir
 
 
