@@ -17,7 +17,6 @@ Everything is checked before --workdir is created; rerunning the command resumes
 from __future__ import annotations
 
 import os
-import sys
 
 from llmjax import config as config_lib
 from llmjax import rundir
@@ -82,18 +81,14 @@ def main(argv: list[str]) -> int:
     exp = config_lib.parse_experiment(finetune_config(config, init_from, list(argv)))
 
     from llmjax.run import train
-    from llmjax.train.loop import TrainingDiverged
+    from llmjax.train.cli import print_if_preempted, train_or_exit_code
 
-    try:
-        result = train(exp, workdir, argv=["llmjax", "finetune", *argv],
-                       allow_changes=rundir.parse_allow_changes(extras["allow_changes"]))
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return TrainingDiverged.exit_code
-    if result.preempted:
-        print(f"stopped by signal at step {result.step}/{result.total_steps}; checkpoint saved "
-              f"in {result.workdir}; run the same command to resume")
-    elif result.last_eval:
+    result = train_or_exit_code(lambda: train(
+        exp, workdir, argv=["llmjax", "finetune", *argv],
+        allow_changes=rundir.parse_allow_changes(extras["allow_changes"])))
+    if isinstance(result, int):
+        return result
+    if not print_if_preempted(result) and result.last_eval:
         ev = result.last_eval
         if "accuracy" in ev:
             print(f"validation accuracy {ev['accuracy']:.4f} ± {ev['accuracy_se']:.4f}, "

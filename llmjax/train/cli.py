@@ -19,6 +19,8 @@ each member is an ordinary run directory (`--workdir=runs/d32_s{seed}` -> runs/d
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from llmjax import config as config_lib
 from llmjax import rundir
@@ -70,24 +72,39 @@ def main(argv: list[str]) -> int:
         rundir.check_dir_path(w)
 
     from llmjax.run import train_members
+
+    # train() starts jax.distributed and checks the devices before writing anything
+    results = train_or_exit_code(lambda: train_members(
+        exp, workdirs, seeds=seeds, argv=["llmjax", "train", *argv],
+        allow_changes=rundir.parse_allow_changes(extras["allow_changes"])))
+    if isinstance(results, int):
+        return results
+    print_if_preempted(results[0])
+    return 0
+
+
+def train_or_exit_code(start: Callable[[], Any]) -> Any:
+    """`start()` (a training call)'s result, or the exit code of a run that diverged, after one
+    line on stderr. With several processes a dead peer is one line and exit 1, not a hang."""
     from llmjax.train.loop import TrainingDiverged
 
-    try:  # train() starts jax.distributed and checks the devices before writing anything
-        results = train_members(
-            exp, workdirs, seeds=seeds, argv=["llmjax", "train", *argv],
-            allow_changes=rundir.parse_allow_changes(extras["allow_changes"]))
+    try:
+        return start()
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return TrainingDiverged.exit_code
-    except Exception as e:  # several processes: a dead peer is one line and exit 1, not a hang
+    except Exception as e:
         from llmjax.distributed import exit_on_peer_failure
 
         exit_on_peer_failure(e)
         raise
-    result = results[0]
+
+
+def print_if_preempted(result: Any) -> bool:
+    """Says how to resume a run stopped by a signal (process 0 only); whether it was."""
     import jax
 
     if result.preempted and jax.process_index() == 0:  # only process 0 writes the run's output
         print(f"stopped by signal at step {result.step}/{result.total_steps}; "
               f"checkpoint saved in {result.workdir}; run the same command to resume")
-    return 0
+    return result.preempted
