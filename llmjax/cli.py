@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from llmjax.errors import UserError
+from llmjax.errors import RunFailed, UserError
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -48,9 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[command][0])
     try:
         return int(module.main(rest) or 0)
-    except UserError as e:
+    except (UserError, RunFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:
+        if "jax" in sys.modules:  # several processes: a dead peer is one line, exit 1, not a hang
+            from llmjax.distributed import exit_on_peer_failure
+
+            exit_on_peer_failure(e)
+        raise
 
 
 if __name__ == "__main__":

@@ -81,13 +81,10 @@ def main(argv: list[str]) -> int:
     exp = config_lib.parse_experiment(finetune_config(config, init_from, list(argv)))
 
     from llmjax.run import train
-    from llmjax.train.cli import print_if_preempted, train_or_exit_code
+    from llmjax.train.cli import print_if_preempted
 
-    result = train_or_exit_code(lambda: train(
-        exp, workdir, argv=["llmjax", "finetune", *argv],
-        allow_changes=rundir.parse_allow_changes(extras["allow_changes"])))
-    if isinstance(result, int):
-        return result
+    result = train(exp, workdir, argv=["llmjax", "finetune", *argv],
+                   allow_changes=rundir.parse_allow_changes(extras["allow_changes"]))
     if not print_if_preempted(result) and result.last_eval:
         ev = result.last_eval
         if "accuracy" in ev:

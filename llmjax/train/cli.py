@@ -18,8 +18,6 @@ each member is an ordinary run directory (`--workdir=runs/d32_s{seed}` -> runs/d
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 from typing import Any
 
 from llmjax import config as config_lib
@@ -73,31 +71,12 @@ def main(argv: list[str]) -> int:
 
     from llmjax.run import train_members
 
-    # train() starts jax.distributed and checks the devices before writing anything
-    results = train_or_exit_code(lambda: train_members(
-        exp, workdirs, seeds=seeds, argv=["llmjax", "train", *argv],
-        allow_changes=rundir.parse_allow_changes(extras["allow_changes"])))
-    if isinstance(results, int):
-        return results
+    # train() starts jax.distributed and checks the devices before writing anything; a diverged
+    # run or a dead peer is one line and exit 1 (llmjax.cli.main)
+    results = train_members(exp, workdirs, seeds=seeds, argv=["llmjax", "train", *argv],
+                            allow_changes=rundir.parse_allow_changes(extras["allow_changes"]))
     print_if_preempted(results[0])
     return 0
-
-
-def train_or_exit_code(start: Callable[[], Any]) -> Any:
-    """`start()` (a training call)'s result, or the exit code of a run that diverged, after one
-    line on stderr. With several processes a dead peer is one line and exit 1, not a hang."""
-    from llmjax.train.loop import TrainingDiverged
-
-    try:
-        return start()
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return TrainingDiverged.exit_code
-    except Exception as e:
-        from llmjax.distributed import exit_on_peer_failure
-
-        exit_on_peer_failure(e)
-        raise
 
 
 def print_if_preempted(result: Any) -> bool:

@@ -51,7 +51,7 @@ from llmjax.data.pipeline import (
     make_eval_batches,
     make_train_iterator,
 )
-from llmjax.errors import UserError
+from llmjax.errors import RunFailed, UserError
 from llmjax.finetune import data as finetune_data
 from llmjax.finetune import init as finetune_init
 from llmjax.finetune import params as ft_params
@@ -77,10 +77,8 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "nump
             "ml-collections", "tensorflow-datasets", "array-record", "tokenizers")
 
 
-class TrainingDiverged(RuntimeError):
-    """A non-finite loss, gradient or update (on_nan='stop', or max_skips reached)."""
-
-    exit_code = 1
+class TrainingDiverged(RunFailed):
+    """A non-finite loss, gradient or update (on_nan='stop', or max_skips reached): exit 1."""
 
 
 @dataclasses.dataclass
