@@ -13,7 +13,8 @@ import pytest
 # on 4).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
-if "xla_force_host_platform_device_count" not in _flags:
+_force_devices = "xla_force_host_platform_device_count" not in _flags  # else the caller's choice
+if _force_devices:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
 # Subprocesses started by tests inherit these; keep them single-threaded-friendly on 2 cores.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -27,7 +28,7 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
-if "xla_force_host_platform_device_count" not in _flags:  # after the cache: jax reads it on import
+if _force_devices:  # after the cache settings: jax reads them on import
     import jax
 
     jax.devices()  # the backend reads XLA_FLAGS once, here
